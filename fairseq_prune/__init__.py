@@ -1,0 +1,9 @@
+"""fairseq-prune: HJ-Pruning of wav2vec2 models (Peng et al., ICASSP 2023) as a fairseq ``--user-dir`` plugin.
+
+Importing the package registers its model, task and criterion with fairseq.
+"""
+from .checkpoints import register_safe_globals
+
+register_safe_globals()
+
+from .models import wav2vec2_ctc_pruning  # noqa: E402,F401

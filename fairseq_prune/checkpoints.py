@@ -1,0 +1,172 @@
+"""Reading the checkpoints users point ``model.w2v_path`` at, and writing checkpoints safely."""
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+from fairseq import checkpoint_utils
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from omegaconf import DictConfig, open_dict
+
+#: fairseq model names whose checkpoints ``model.w2v_path`` accepts
+PRETRAINED_KINDS = ("wav2vec2",)
+FINETUNED_KINDS = ("wav2vec_ctc",)
+_FINETUNED_PREFIX = "w2v_encoder.w2v_model."
+_PROJ_PREFIX = "w2v_encoder.proj."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or of the wrong kind (the message names the file)."""
+
+
+def register_safe_globals() -> None:
+    """Let ``torch.load(weights_only=True)`` (the default since torch 2.6, used by fairseq's own loader for
+    resuming and by ``infer.py``) read fairseq checkpoints, which pickle a few plain classes."""
+    from fairseq.data.dictionary import Dictionary
+
+    torch.serialization.add_safe_globals([argparse.Namespace, Dictionary])
+
+
+def read_checkpoint(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """fairseq's ``load_checkpoint_to_cpu`` with clear errors. ``state["cfg"]`` is always a DictConfig
+    (old ``args``-style checkpoints are converted)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    register_safe_globals()
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides)
+    except Exception as e:  # torch/pickle/omegaconf errors: report which file, then the cause
+        raise CheckpointError(f"{path}: not a readable fairseq checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
+    if state.get("cfg") is None:
+        if state.get("args") is None:
+            raise CheckpointError(f"{path}: fairseq checkpoint without 'cfg' or 'args'")
+        state["cfg"] = convert_namespace_to_omegaconf(state["args"])
+    return state
+
+
+def model_name(state: Dict[str, Any]) -> str:
+    model_cfg = state["cfg"].get("model", None)
+    return str(model_cfg.get("_name", None)) if model_cfg is not None else "None"
+
+
+@dataclass
+class W2vSource:
+    """What ``model.w2v_path`` provides: the pre-training config (fairseq's ``w2v_args``), the weights of the
+    ``Wav2Vec2Model`` (its own key names), and, from a fine-tuned CTC checkpoint, the output projection."""
+
+    path: str
+    kind: str
+    w2v_args: DictConfig
+    model_state: Dict[str, torch.Tensor]
+    proj_state: Optional[Dict[str, torch.Tensor]] = None
+
+
+def load_w2v_source(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -> W2vSource:
+    """Read a wav2vec2 pre-training checkpoint (``cfg`` or old ``args`` style) or a fine-tuned ``wav2vec_ctc``
+    checkpoint. ``arg_overrides`` (dropouts, masking, ...) are applied as fairseq's ``Wav2VecEncoder`` does."""
+    state = read_checkpoint(path, arg_overrides)
+    name = model_name(state)
+    if name in PRETRAINED_KINDS:
+        w2v_args = state["cfg"]
+        model_state = state["model"]
+        proj_state = None
+    elif name in FINETUNED_KINDS:
+        w2v_args = state["cfg"].model.get("w2v_args", None)
+        if w2v_args is None:
+            raise CheckpointError(f"{path}: wav2vec_ctc checkpoint without model.w2v_args")
+        if isinstance(w2v_args, argparse.Namespace):
+            w2v_args = convert_namespace_to_omegaconf(w2v_args)
+        model_state = {
+            k[len(_FINETUNED_PREFIX) :]: v for k, v in state["model"].items() if k.startswith(_FINETUNED_PREFIX)
+        }
+        proj_state = {k[len(_PROJ_PREFIX) :]: v for k, v in state["model"].items() if k.startswith(_PROJ_PREFIX)}
+        proj_state = proj_state or None
+    else:
+        hint = ""
+        if name == "wav2vec2_ctc_pruning":
+            hint = " It is already a wav2vec2_ctc_pruning checkpoint: continue it with checkpoint.restore_file."
+        raise CheckpointError(
+            f"{path}: model.w2v_path needs a wav2vec2 pre-training checkpoint (model {PRETRAINED_KINDS[0]!r}) "
+            f"or a fine-tuned CTC checkpoint (model {FINETUNED_KINDS[0]!r}); this one holds model {name!r}.{hint}"
+        )
+    inner = w2v_args.model.get("_name", None)
+    if inner not in PRETRAINED_KINDS:
+        raise CheckpointError(f"{path}: its wav2vec2 config describes model {inner!r}, not 'wav2vec2'")
+    with open_dict(w2v_args):
+        w2v_args.criterion = None
+        w2v_args.lr_scheduler = None
+    return W2vSource(path, name, w2v_args, model_state, proj_state)
+
+
+def save_atomic(obj: Any, path: str, force: bool = False) -> None:
+    """``torch.save`` to a temporary file in the destination folder, then rename: a reader never sees a
+    half-written file, and an existing file is only replaced when ``force`` is set."""
+    if os.path.exists(path) and not force:
+        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_wav2vec2_checkpoint(
+    path: str,
+    model_overrides: Optional[Dict[str, Any]] = None,
+    normalize: bool = False,
+    seed: int = 0,
+    args_style: bool = False,
+) -> None:
+    """Write a randomly initialised wav2vec2 *pre-training* checkpoint in fairseq's format, built with fairseq's
+    own ``Wav2Vec2Model`` and config classes: what tests and benchmarks use in place of ``wav2vec_small.pt``.
+
+    ``model_overrides`` replace ``Wav2Vec2Config`` defaults (which are wav2vec2-base). ``args_style`` writes
+    the old format (an ``argparse.Namespace`` under ``args``, no ``cfg``) that fairseq converts on load.
+    """
+    from fairseq.dataclass.configs import FairseqConfig
+    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+    from fairseq.tasks.audio_pretraining import AudioPretrainingConfig
+    from omegaconf import OmegaConf
+
+    model_cfg = OmegaConf.structured(Wav2Vec2Config(**(model_overrides or {})))
+    task_cfg = OmegaConf.structured(AudioPretrainingConfig(data="", normalize=normalize))
+    with open_dict(model_cfg), open_dict(task_cfg):
+        model_cfg._name = "wav2vec2"
+        task_cfg._name = "audio_pretraining"
+    torch.manual_seed(seed)
+    model = Wav2Vec2Model(model_cfg)
+    cfg = OmegaConf.structured(FairseqConfig())
+    with open_dict(cfg):
+        cfg.model = model_cfg
+        cfg.task = task_cfg
+        cfg.criterion = OmegaConf.create({"_name": "wav2vec"})
+    state = {
+        "model": model.state_dict(),
+        "optimizer_history": [
+            {"criterion_name": "Wav2vecCriterion", "optimizer_name": "FairseqAdam", "lr_scheduler_state": {},
+             "num_updates": 0}
+        ],
+        "extra_state": {"train_iterator": {"epoch": 1}},
+        "last_optimizer_state": None,
+    }
+    if args_style:
+        flat = {}
+        for section in ("common", "dataset", "optimization", "checkpoint", "distributed_training"):
+            flat.update(OmegaConf.to_container(cfg[section], resolve=True, enum_to_str=True))
+        flat.update(OmegaConf.to_container(cfg.task, resolve=True, enum_to_str=True))
+        flat.update(OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True))
+        flat.pop("_name", None)
+        state["args"] = argparse.Namespace(arch="wav2vec2", task="audio_pretraining", criterion="wav2vec", **flat)
+    else:
+        state["cfg"] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    save_atomic(state, path, force=True)

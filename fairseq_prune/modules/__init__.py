@@ -1,0 +1,1 @@
+"""Building blocks of the gated wav2vec2 model (no fairseq registrations here)."""

@@ -1,0 +1,137 @@
+"""The convolutional feature extractor of wav2vec2 with a hard concrete gate per output channel.
+
+Where each conv layer's channel gate acts (chosen so that removing a channel at export is exact):
+
+* conv layers 0 .. L-2: the mask multiplies the block's output (after GELU); export folds it into the input
+  channels of the next conv layer.
+* the last conv layer: its output goes through the model's feature LayerNorm, which normalises *across*
+  channels, so the mask multiplies the LayerNorm's output (:class:`GatedFeatureLayerNorm`) and export folds it
+  into the LayerNorm's affine parameters.
+* every LayerNorm across channels (the feature LayerNorm, and the per-block LayerNorm of
+  ``extractor_mode=layer_norm``) computes its statistics over the channels whose mask is non-zero only,
+  i.e. exactly what the exported model, which no longer has the other channels, computes.
+
+The gates of all conv layers live in ``feature_extractor.channel_gates``; fairseq's own sub-modules
+(``conv_layers.{i}.{0,2,...}``) keep their names so fairseq checkpoints load unchanged.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
+from torch import nn
+
+from .hard_concrete import HardConcrete
+
+
+def layer_norm_over(x: torch.Tensor, weight, bias, eps: float, keep: Optional[torch.Tensor]) -> torch.Tensor:
+    """LayerNorm over the last dim of ``x`` computed in float32 (as fairseq's Fp32LayerNorm), using only the
+    channels in ``keep`` (a 1-D index tensor; ``None`` = all). Channels outside ``keep`` come out as 0."""
+    if keep is None:
+        return F.layer_norm(
+            x.float(),
+            x.shape[-1:],
+            None if weight is None else weight.float(),
+            None if bias is None else bias.float(),
+            eps,
+        ).type_as(x)
+    out = x.new_zeros(x.shape)
+    out[..., keep] = F.layer_norm(
+        x[..., keep].float(),
+        (keep.numel(),),
+        None if weight is None else weight[keep].float(),
+        None if bias is None else bias[keep].float(),
+        eps,
+    ).type_as(x)
+    return out
+
+
+def support(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Indices of the non-zero entries of ``mask``, or ``None`` when every entry is non-zero (or no mask).
+
+    A layer never has an empty support: when every entry is 0 the first channel stands in (its output is
+    multiplied by 0 anyway), which is also the channel export keeps in that case."""
+    if mask is None:
+        return None
+    nz = mask > 0
+    if bool(nz.all()):
+        return None
+    if not bool(nz.any()):
+        nz[0] = True
+    return nz.nonzero().squeeze(1)
+
+
+class GatedConvFeatureExtractor(ConvFeatureExtractionModel):
+    """fairseq's ``ConvFeatureExtractionModel`` plus optional output-channel gates.
+
+    Args:
+        conv_layers: ``(channels, kernel, stride)`` per layer, as fairseq's ``conv_feature_layers``
+            (channels may differ per layer, e.g. after pruning).
+        mode: fairseq's ``extractor_mode`` (``default``: GroupNorm on layer 0; ``layer_norm``: LayerNorm over
+            channels in every block).
+        conv_bias: fairseq's ``conv_bias``.
+        gates: one :class:`HardConcrete` (or ``None``: not prunable) per conv layer, or ``None`` (no pruning
+            of the CNN). Absent gates are held as ``nn.Identity`` placeholders, which have no state.
+
+    Input ``(B, S)`` raw audio; output ``(B, C_L, T_L)``, with channels of the last layer not yet masked (see
+    :class:`GatedFeatureLayerNorm`).
+    """
+
+    def __init__(
+        self,
+        conv_layers: List[Tuple[int, int, int]],
+        mode: str = "default",
+        conv_bias: bool = False,
+        gates: Optional[List[HardConcrete]] = None,
+    ) -> None:
+        super().__init__(conv_layers=conv_layers, dropout=0.0, mode=mode, conv_bias=conv_bias)
+        self.mode = mode
+        self.channel_gates = (
+            nn.ModuleList([g if g is not None else nn.Identity() for g in gates]) if gates is not None else None
+        )
+
+    def gate(self, i: int) -> Optional[HardConcrete]:
+        g = None if self.channel_gates is None else self.channel_gates[i]
+        return g if isinstance(g, HardConcrete) else None
+
+    def channel_mask(self, i: int) -> Optional[torch.Tensor]:
+        g = self.gate(i)
+        return None if g is None else g.mask()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(1)  # B x S -> B x 1 x S
+        last = len(self.conv_layers) - 1
+        for i, block in enumerate(self.conv_layers):
+            mask = self.channel_mask(i)
+            if self.mode == "layer_norm":
+                conv, dropout, norm, act = block  # norm = (TransposeLast, Fp32LayerNorm, TransposeLast)
+                ln = norm[1]
+                x = dropout(conv(x))
+                x = layer_norm_over(x.transpose(-2, -1), ln.weight, ln.bias, ln.eps, support(mask))
+                x = act(x.transpose(-2, -1))
+            else:
+                x = block(x)
+            if mask is not None and i < last:
+                x = x * mask.to(x.dtype).unsqueeze(-1)
+        return x
+
+
+class GatedFeatureLayerNorm(nn.LayerNorm):
+    """The feature LayerNorm of ``Wav2Vec2Model`` (``layer_norm``, over the last conv layer's channels),
+    applying the last conv layer's channel gate to its output.
+
+    The gate is owned by the feature extractor (``feature_extractor.channel_gates[-1]``); this module only
+    holds a reference to it, so it appears once in the state dict. Input and output ``(B, T, C_L)``.
+    """
+
+    def __init__(self, channels: int, gate: Optional[HardConcrete]) -> None:
+        super().__init__(channels)
+        self._gate = [gate]  # a list, so that the gate is not registered here a second time
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self._gate[0]
+        if gate is None:
+            return super().forward(x)
+        mask = gate.mask()
+        y = layer_norm_over(x, self.weight, self.bias, self.eps, support(mask))
+        return y * mask.to(y.dtype)

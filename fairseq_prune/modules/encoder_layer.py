@@ -1,0 +1,172 @@
+"""wav2vec2 Transformer encoder layers with per-layer sizes and optional head / FFN-unit / block gates."""
+from typing import Callable, Optional, Sequence
+
+import torch
+from fairseq import utils
+from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder
+from fairseq.modules import LayerNorm
+from fairseq.modules.checkpoint_activations import checkpoint_wrapper
+from torch import nn
+
+from .attention import OutputBias, PrunableSelfAttention
+from .hard_concrete import HardConcrete, combine
+
+GateFactory = Callable[[int], HardConcrete]
+
+
+class PrunableEncoderLayer(nn.Module):
+    """Computes what fairseq's ``TransformerSentenceEncoderLayer`` computes (post- or pre-LayerNorm), with
+    ``num_heads`` attention heads and ``ffn_units`` FFN units in this layer, and optional gates:
+
+    * ``head_gate`` (one per head) and ``attn_layer_gate`` (one for the whole attention block) multiply each
+      head's output before ``out_proj``;
+    * ``ffn_unit_gate`` (one per unit) and ``ffn_layer_gate`` (whole block) multiply the FFN hidden units
+      before ``fc2``.
+
+    A block gate therefore scales the block's computation but not its output bias: a block with every head
+    (or unit) closed leaves only that bias, and that is what export keeps. Sub-module names are fairseq's.
+
+    Args mirror ``Wav2Vec2Config``: ``embed_dim`` (``encoder_embed_dim``), ``dropout``,
+    ``attention_dropout``, ``activation_dropout``, ``activation_fn``, ``layer_norm_first``;
+    ``head_dim`` is ``encoder_embed_dim // encoder_attention_heads`` of the original model.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int,
+        ffn_units: int,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        activation_dropout: float = 0.0,
+        activation_fn: str = "gelu",
+        layer_norm_first: bool = False,
+        make_gate: Optional[GateFactory] = None,
+        prune_heads: bool = False,
+        prune_attention_layer: bool = False,
+        prune_ffn_units: bool = False,
+        prune_ffn_layer: bool = False,
+    ) -> None:
+        super().__init__()
+        self.embedding_dim = embed_dim
+        self.layer_norm_first = layer_norm_first
+        self.activation_fn = utils.get_activation_fn(activation_fn)
+        self.self_attn = PrunableSelfAttention(embed_dim, num_heads, head_dim, dropout=attention_dropout)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(activation_dropout)
+        self.dropout3 = nn.Dropout(dropout)
+        self.self_attn_layer_norm = LayerNorm(embed_dim)
+        self.ffn_units = ffn_units
+        if ffn_units > 0:
+            self.fc1 = nn.Linear(embed_dim, ffn_units)
+            self.fc2 = nn.Linear(ffn_units, embed_dim)
+        else:
+            self.fc1 = None
+            self.fc2 = OutputBias(embed_dim)
+        self.final_layer_norm = LayerNorm(embed_dim)
+
+        def gate(wanted: bool, n: int) -> Optional[HardConcrete]:
+            return make_gate(n) if wanted and n > 0 and make_gate is not None else None
+
+        self.head_gate = gate(prune_heads, num_heads)
+        self.attn_layer_gate = gate(prune_attention_layer, num_heads and 1)
+        self.ffn_unit_gate = gate(prune_ffn_units, ffn_units)
+        self.ffn_layer_gate = gate(prune_ffn_layer, ffn_units and 1)
+
+    @staticmethod
+    def _mask(*gates: Optional[HardConcrete]) -> Optional[torch.Tensor]:
+        return combine(*(g.mask() if g is not None else None for g in gates))
+
+    def _attention(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        head_mask = self._mask(self.head_gate, self.attn_layer_gate)
+        return self.dropout1(self.self_attn(x, padding_mask, head_mask))
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fc1 is None:
+            return self.fc2(x[..., :0])
+        h = self.dropout2(self.activation_fn(self.fc1(x)))
+        unit_mask = self._mask(self.ffn_unit_gate, self.ffn_layer_gate)
+        if unit_mask is not None:
+            h = h * unit_mask.to(h.dtype)
+        return self.fc2(h)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        self_attn_mask: Optional[torch.Tensor] = None,
+        self_attn_padding_mask: Optional[torch.Tensor] = None,
+        need_weights: bool = False,
+        att_args=None,
+    ):
+        """``x``: ``(T, B, C)``; ``self_attn_padding_mask``: ``(B, T)``, True at padding. Returns
+        ``(x, (None, ffn_output))`` like fairseq's layer (attention weights are never returned)."""
+        if self_attn_mask is not None:
+            raise NotImplementedError("wav2vec2 encoder layers are never called with an attention mask")
+        residual = x
+        if self.layer_norm_first:
+            x = residual + self._attention(self.self_attn_layer_norm(x), self_attn_padding_mask)
+            residual = x
+            x = self._ffn(self.final_layer_norm(x))
+            layer_result = x
+            x = residual + self.dropout3(x)
+        else:
+            x = self.self_attn_layer_norm(residual + self._attention(x, self_attn_padding_mask))
+            residual = x
+            x = self._ffn(x)
+            layer_result = x
+            x = self.final_layer_norm(residual + self.dropout3(x))
+        return x, (None, layer_result)
+
+
+class PrunableTransformerEncoder(TransformerEncoder):
+    """fairseq's wav2vec2 ``TransformerEncoder`` (positional conv, layer norm, layerdrop, padding to
+    ``required_seq_len_multiple``) whose layers, built through its ``build_encoder_layer`` extension point,
+    are :class:`PrunableEncoderLayer` with per-layer ``heads`` and ``ffn_units``."""
+
+    def __init__(
+        self,
+        args,
+        heads: Sequence[int],
+        ffn_units: Sequence[int],
+        make_gate: Optional[GateFactory] = None,
+        prune_heads: bool = False,
+        prune_attention_layers: bool = False,
+        prune_ffn_units: bool = False,
+        prune_ffn_layers: bool = False,
+    ) -> None:
+        if args.layer_type != "transformer":
+            raise ValueError(f"only layer_type=transformer can be pruned, this model has {args.layer_type!r}")
+        # read by build_encoder_layer, which fairseq's __init__ calls before returning
+        self.__dict__["_plan"] = dict(
+            heads=list(heads),
+            ffn_units=list(ffn_units),
+            head_dim=args.encoder_embed_dim // args.encoder_attention_heads,
+            make_gate=make_gate,
+            flags=dict(
+                prune_heads=prune_heads,
+                prune_attention_layer=prune_attention_layers,
+                prune_ffn_units=prune_ffn_units,
+                prune_ffn_layer=prune_ffn_layers,
+            ),
+        )
+        super().__init__(args)
+
+    def build_encoder_layer(self, args, layer_idx: int = 0, **kwargs) -> nn.Module:
+        plan = self._plan
+        layer = PrunableEncoderLayer(
+            embed_dim=args.encoder_embed_dim,
+            num_heads=plan["heads"][layer_idx],
+            head_dim=plan["head_dim"],
+            ffn_units=plan["ffn_units"][layer_idx],
+            dropout=args.dropout,
+            attention_dropout=args.attention_dropout,
+            activation_dropout=args.activation_dropout,
+            activation_fn=args.activation_fn,
+            layer_norm_first=args.layer_norm_first,
+            make_gate=plan["make_gate"],
+            **plan["flags"],
+        )
+        if args.checkpoint_activations:
+            layer = checkpoint_wrapper(layer)
+        return layer

@@ -1,0 +1,192 @@
+"""fairseq's ``Wav2Vec2Model`` with per-layer sizes and hard concrete gates over conv channels, attention
+heads and FFN units (and optionally whole attention / FFN blocks)."""
+import copy
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
+from omegaconf import open_dict
+from torch import nn
+
+from ..cost import StructureCounts, Wav2Vec2Shape, parse_conv_layers
+from .conv_feature_extractor import GatedConvFeatureExtractor, GatedFeatureLayerNorm
+from .encoder_layer import PrunableEncoderLayer, PrunableTransformerEncoder
+from .hard_concrete import HardConcrete
+
+#: gate groups, in the order used for logging and reports
+GATE_GROUPS = ("conv_channels", "attention_heads", "attention_layers", "ffn_units", "ffn_layers")
+
+
+@dataclass
+class PruningPlan:
+    """What a :class:`PrunableWav2Vec2Model` is built with, beyond fairseq's ``Wav2Vec2Config``.
+
+    ``conv_channels``, ``heads``, ``ffn_units``: per-layer sizes (empty: those of the config). The
+    ``prune_*`` flags select which gate groups exist; ``gate_*`` parametrise every gate.
+    """
+
+    conv_channels: List[int] = field(default_factory=list)
+    heads: List[int] = field(default_factory=list)
+    ffn_units: List[int] = field(default_factory=list)
+    prune_conv_channels: bool = False
+    prune_attention_heads: bool = False
+    prune_attention_layers: bool = False
+    prune_ffn_units: bool = False
+    prune_ffn_layers: bool = False
+    gate_temperature: float = 2.0 / 3.0
+    gate_limit_l: float = -0.1
+    gate_limit_r: float = 1.1
+    gate_init_log_alpha: float = 3.0
+
+    def make_gate(self, n: int) -> HardConcrete:
+        return HardConcrete(
+            n,
+            temperature=self.gate_temperature,
+            limit_l=self.gate_limit_l,
+            limit_r=self.gate_limit_r,
+            init_log_alpha=self.gate_init_log_alpha,
+        )
+
+    @property
+    def any_gates(self) -> bool:
+        return any(
+            (
+                self.prune_conv_channels,
+                self.prune_attention_heads,
+                self.prune_attention_layers,
+                self.prune_ffn_units,
+                self.prune_ffn_layers,
+            )
+        )
+
+
+class PrunableWav2Vec2Model(Wav2Vec2Model):
+    """fairseq's ``Wav2Vec2Model`` (fine-tuning path: ``extract_features``) built at the per-layer sizes of
+    ``plan`` and with its gates. fairseq's ``forward`` runs unchanged; the gated sub-modules are
+
+    * ``feature_extractor``: :class:`GatedConvFeatureExtractor` (gates in ``feature_extractor.channel_gates``),
+    * ``layer_norm``: :class:`GatedFeatureLayerNorm` (applies the last conv layer's gate),
+    * ``encoder``: :class:`PrunableTransformerEncoder`.
+
+    State-dict keys of fairseq's modules are unchanged; gates add ``*.log_alpha`` keys only. The pre-training
+    heads (quantizer, ``project_q``, ``final_proj``) are removed.
+    """
+
+    def __init__(self, cfg, plan: PruningPlan) -> None:
+        if getattr(cfg, "quantize_input", False):
+            raise ValueError("wav2vec2 models with quantize_input=True are not supported")
+        if getattr(cfg, "pos_conv_depth", 1) != 1 or getattr(cfg, "conv_pos_batch_norm", False):
+            raise ValueError("only the single weight-normed positional convolution of wav2vec2 is supported")
+        full = parse_conv_layers(cfg.conv_feature_layers)
+        conv_channels = list(plan.conv_channels) or [c for c, _, _ in full]
+        if len(conv_channels) != len(full) or min(conv_channels) <= 0:
+            raise ValueError(f"conv_channels {conv_channels} must give a positive size to each of {len(full)} layers")
+        layers = [(c, k, s) for c, (_, k, s) in zip(conv_channels, full)]
+        D = cfg.encoder_embed_dim
+        had_proj = full[-1][0] != D
+        # fairseq sizes the feature LayerNorm and projection from conv_feature_layers
+        sized = copy.deepcopy(cfg)
+        with open_dict(sized):
+            sized.conv_feature_layers = repr(layers)
+        super().__init__(sized)
+        self.cfg = cfg  # keep the original spec (kernels and strides are what fairseq reads from it)
+        self.remove_pretraining_modules()
+        self.plan = plan
+
+        gates = None
+        if plan.prune_conv_channels:
+            gates = [plan.make_gate(c) for c, _, _ in layers]
+            if not had_proj:
+                # without post_extract_proj the last conv layer feeds the encoder directly: its width is fixed
+                gates[-1] = None
+        self.feature_extractor = GatedConvFeatureExtractor(
+            layers, mode=cfg.extractor_mode, conv_bias=cfg.conv_bias, gates=gates
+        )
+        last_gate = gates[-1] if gates is not None else None
+        self.layer_norm = GatedFeatureLayerNorm(self.embed, last_gate)
+        if had_proj and self.post_extract_proj is None:  # pruned width happens to equal encoder_embed_dim
+            self.post_extract_proj = nn.Linear(self.embed, D)
+
+        n = cfg.encoder_layers
+        self.encoder = PrunableTransformerEncoder(
+            cfg,
+            heads=list(plan.heads) or [cfg.encoder_attention_heads] * n,
+            ffn_units=list(plan.ffn_units) or [cfg.encoder_ffn_embed_dim] * n,
+            make_gate=plan.make_gate,
+            prune_heads=plan.prune_attention_heads,
+            prune_attention_layers=plan.prune_attention_layers,
+            prune_ffn_units=plan.prune_ffn_units,
+            prune_ffn_layers=plan.prune_ffn_layers,
+        )
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def forward(self, *args, **kwargs):
+        for g in self.gates():
+            g.clear()  # one fresh draw per gate per forward pass, shared by all its consumers
+        return super().forward(*args, **kwargs)
+
+    # ------------------------------------------------------------------------------------------ inspection
+    def conv_gates(self) -> List[Optional[HardConcrete]]:
+        fe = self.feature_extractor
+        return [fe.gate(i) for i in range(len(fe.conv_layers))]
+
+    def encoder_layers(self) -> List[PrunableEncoderLayer]:
+        return [getattr(layer, "_checkpoint_wrapped_module", layer) for layer in self.encoder.layers]
+
+    def gates(self) -> List[HardConcrete]:
+        return [m for m in self.modules() if isinstance(m, HardConcrete)]
+
+    def gates_by_group(self) -> Dict[str, List[HardConcrete]]:
+        layers = self.encoder_layers()
+        found = {
+            "conv_channels": self.conv_gates(),
+            "attention_heads": [l.head_gate for l in layers],
+            "attention_layers": [l.attn_layer_gate for l in layers],
+            "ffn_units": [l.ffn_unit_gate for l in layers],
+            "ffn_layers": [l.ffn_layer_gate for l in layers],
+        }
+        return {k: [g for g in v if g is not None] for k, v in found.items() if any(g is not None for g in v)}
+
+    def shape(self, vocab_size: int = 0) -> Wav2Vec2Shape:
+        """The model's architecture (its current per-layer sizes) for the cost module."""
+        layers = self.encoder_layers()
+        return Wav2Vec2Shape.from_w2v_cfg(
+            self.cfg,
+            conv_channels=[block[0].out_channels for block in self.feature_extractor.conv_layers],
+            heads=[l.self_attn.num_heads for l in layers],
+            ffn_units=[l.ffn_units for l in layers],
+            vocab_size=vocab_size,
+        )
+
+    def structure_counts(self, mode: str) -> StructureCounts:
+        """Units kept per structure under the gates.
+
+        ``mode="expected"``: differentiable expectations, P(z > 0) summed over a structure's units and
+        multiplied by its block gate's P(z > 0). ``mode="deterministic"``: integer counts of the units whose
+        eval-mode mask is non-zero (what export keeps). Ungated structures count at full size.
+        """
+        if mode not in ("expected", "deterministic"):
+            raise ValueError(f"mode must be 'expected' or 'deterministic', not {mode!r}")
+
+        def kept(gate: Optional[HardConcrete], full: int):
+            if gate is None:
+                return full
+            if mode == "expected":
+                return gate.prob_nonzero().sum()
+            return int((gate.deterministic() > 0).sum())
+
+        def block(unit_gate, layer_gate, full):
+            n = kept(unit_gate, full)
+            return n if layer_gate is None else n * kept(layer_gate, 1)
+
+        conv = [
+            kept(g, block[0].out_channels)
+            for g, block in zip(self.conv_gates(), self.feature_extractor.conv_layers)
+        ]
+        if mode == "deterministic":  # a conv layer always keeps a channel (see conv_feature_extractor.support)
+            conv = [max(1, c) for c in conv]
+        layers = self.encoder_layers()
+        heads = [block(l.head_gate, l.attn_layer_gate, l.self_attn.num_heads) for l in layers]
+        ffn = [block(l.ffn_unit_gate, l.ffn_layer_gate, l.ffn_units) for l in layers]
+        return StructureCounts(conv=conv, heads=heads, ffn=ffn)

@@ -1,0 +1,113 @@
+"""Shared test utilities: tiny fairseq-format data and checkpoints built with fairseq's own classes."""
+import os
+import subprocess
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+import soundfile as sf
+import torch
+from omegaconf import OmegaConf, open_dict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV_BIN = os.path.dirname(sys.executable)
+
+#: a 2-layer wav2vec2 small enough for unit tests (conv 32 channels -> 64-dim encoder, 4 heads of 16)
+SMALL_W2V = dict(
+    encoder_layers=2,
+    encoder_embed_dim=64,
+    encoder_ffn_embed_dim=128,
+    encoder_attention_heads=4,
+    conv_feature_layers="[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2",
+    conv_pos=16,
+    conv_pos_groups=4,
+)
+
+LETTERS = list("|ETAONIHSRDLUMWCFGYPBVKXJQZ'")
+WORDS = ["HELLO", "WORLD", "CAT", "DOG", "TEST", "GREEN", "TREE", "SEVEN"]
+
+
+def write_letter_dict(folder: str, extra_symbols: Optional[List[str]] = None) -> str:
+    path = os.path.join(folder, "dict.ltr.txt")
+    symbols = LETTERS + list(extra_symbols or [])
+    with open(path, "w") as f:
+        for i, s in enumerate(symbols):
+            f.write(f"{s} {1000 - i}\n")
+    return path
+
+
+def words_to_ltr(words: List[str]) -> str:
+    return " ".join(" | ".join(" ".join(w) for w in words).split()) + " |"
+
+
+def write_noise_corpus(folder: str, splits: Dict[str, int], seed: int = 0, intents: Optional[List[str]] = None) -> str:
+    """A fairseq manifest folder (``{split}.tsv/.ltr/.wrd`` + ``dict.ltr.txt``) of random-noise audio with random
+    word labels (optionally starting with an intent token); enough to run training and decoding code paths."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    write_letter_dict(folder, intents)
+    for split, n in splits.items():
+        with open(os.path.join(folder, f"{split}.tsv"), "w") as tsv, open(
+            os.path.join(folder, f"{split}.ltr"), "w"
+        ) as ltr, open(os.path.join(folder, f"{split}.wrd"), "w") as wrd:
+            tsv.write(os.path.abspath(folder) + "\n")
+            for i in range(n):
+                length = int(rng.integers(8000, 24000))
+                audio = (rng.standard_normal(length) * 0.1).astype("float32")
+                name = f"{split}_{i}.flac"
+                sf.write(os.path.join(folder, name), audio, 16000)
+                words = list(rng.choice(WORDS, 2))
+                tsv.write(f"{name}\t{length}\n")
+                prefix = []
+                if intents:
+                    prefix = [intents[i % len(intents)]]
+                wrd.write(" ".join(prefix + words) + "\n")
+                ltr.write(" ".join(prefix + (["|"] if prefix else []) + [words_to_ltr(words)]) + "\n")
+    return folder
+
+
+def root_cfg(model_dc, data: str, labels: str = "ltr"):
+    """A full FairseqConfig holding ``model_dc`` and an audio_finetuning task (interpolations resolve)."""
+    from fairseq.dataclass.configs import FairseqConfig
+    from fairseq.tasks.audio_finetuning import AudioFinetuningConfig
+
+    cfg = OmegaConf.structured(FairseqConfig())
+    with open_dict(cfg):
+        cfg.task = OmegaConf.structured(AudioFinetuningConfig(data=data, labels=labels, normalize=False))
+        cfg.task._name = "audio_finetuning"
+        cfg.model = OmegaConf.structured(model_dc)
+        cfg.common.cpu = True
+    return cfg
+
+
+def build(model_dc, data: str):
+    """Build (task, model) from a model dataclass instance the way fairseq does."""
+    from fairseq import tasks
+
+    import fairseq_prune  # noqa: F401 (registers the model)
+
+    cfg = root_cfg(model_dc, data)
+    task = tasks.setup_task(cfg.task)
+    return task, task.build_model(cfg.model)
+
+
+def padded_batch(lengths: List[int], seed: int = 0):
+    """Random audio ``(B, max)`` with zero padding and its padding mask (True at padding)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(lengths), max(lengths), generator=g)
+    pad = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        x[i, n:] = 0
+        pad[i, n:] = True
+    return x, pad
+
+
+def run(cmd: List[str], cwd: str = REPO, timeout: int = 600, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Run a command of the venv, failing the test with its output when it fails."""
+    full_env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    full_env["PATH"] = VENV_BIN + os.pathsep + full_env.get("PATH", "")
+    full_env.update(env or {})
+    p = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
+    return p
