@@ -120,6 +120,25 @@ def save_atomic(obj: Any, path: str, force: bool = False) -> None:
         raise
 
 
+def wav2vec2_pretraining_cfg(model_overrides: Optional[Dict[str, Any]] = None, normalize: bool = False) -> DictConfig:
+    """A full fairseq config of a wav2vec2 pre-training run (``model._name=wav2vec2``, ``audio_pretraining``
+    task): what a pre-training checkpoint stores as ``cfg`` and a fine-tuning model as ``model.w2v_args``.
+    ``model_overrides`` replace ``Wav2Vec2Config`` defaults (which are wav2vec2-base)."""
+    from fairseq.dataclass.configs import FairseqConfig
+    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
+    from fairseq.tasks.audio_pretraining import AudioPretrainingConfig
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.structured(FairseqConfig())
+    with open_dict(cfg):
+        cfg.model = OmegaConf.structured(Wav2Vec2Config(**(model_overrides or {})))
+        cfg.model._name = "wav2vec2"
+        cfg.task = OmegaConf.structured(AudioPretrainingConfig(data="", normalize=normalize))
+        cfg.task._name = "audio_pretraining"
+        cfg.criterion = OmegaConf.create({"_name": "wav2vec"})
+    return cfg
+
+
 def write_wav2vec2_checkpoint(
     path: str,
     model_overrides: Optional[Dict[str, Any]] = None,
@@ -130,26 +149,15 @@ def write_wav2vec2_checkpoint(
     """Write a randomly initialised wav2vec2 *pre-training* checkpoint in fairseq's format, built with fairseq's
     own ``Wav2Vec2Model`` and config classes: what tests and benchmarks use in place of ``wav2vec_small.pt``.
 
-    ``model_overrides`` replace ``Wav2Vec2Config`` defaults (which are wav2vec2-base). ``args_style`` writes
-    the old format (an ``argparse.Namespace`` under ``args``, no ``cfg``) that fairseq converts on load.
+    ``args_style`` writes the old format (an ``argparse.Namespace`` under ``args``, no ``cfg``) that fairseq
+    converts on load.
     """
-    from fairseq.dataclass.configs import FairseqConfig
-    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
-    from fairseq.tasks.audio_pretraining import AudioPretrainingConfig
+    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
     from omegaconf import OmegaConf
 
-    model_cfg = OmegaConf.structured(Wav2Vec2Config(**(model_overrides or {})))
-    task_cfg = OmegaConf.structured(AudioPretrainingConfig(data="", normalize=normalize))
-    with open_dict(model_cfg), open_dict(task_cfg):
-        model_cfg._name = "wav2vec2"
-        task_cfg._name = "audio_pretraining"
+    cfg = wav2vec2_pretraining_cfg(model_overrides, normalize)
     torch.manual_seed(seed)
-    model = Wav2Vec2Model(model_cfg)
-    cfg = OmegaConf.structured(FairseqConfig())
-    with open_dict(cfg):
-        cfg.model = model_cfg
-        cfg.task = task_cfg
-        cfg.criterion = OmegaConf.create({"_name": "wav2vec"})
+    model = Wav2Vec2Model(cfg.model)
     state = {
         "model": model.state_dict(),
         "optimizer_history": [
@@ -161,10 +169,8 @@ def write_wav2vec2_checkpoint(
     }
     if args_style:
         flat = {}
-        for section in ("common", "dataset", "optimization", "checkpoint", "distributed_training"):
+        for section in ("common", "dataset", "optimization", "checkpoint", "distributed_training", "task", "model"):
             flat.update(OmegaConf.to_container(cfg[section], resolve=True, enum_to_str=True))
-        flat.update(OmegaConf.to_container(cfg.task, resolve=True, enum_to_str=True))
-        flat.update(OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True))
         flat.pop("_name", None)
         state["args"] = argparse.Namespace(arch="wav2vec2", task="audio_pretraining", criterion="wav2vec", **flat)
     else:

@@ -66,6 +66,14 @@ def write_noise_corpus(folder: str, splits: Dict[str, int], seed: int = 0, inten
     return folder
 
 
+def model_name(model_dc) -> str:
+    """The fairseq registry name of a model config dataclass instance."""
+    import fairseq_prune  # noqa: F401 (registers the model)
+    from fairseq.models import MODEL_DATACLASS_REGISTRY
+
+    return next(name for name, dc in MODEL_DATACLASS_REGISTRY.items() if dc is type(model_dc))
+
+
 def root_cfg(model_dc, data: str, labels: str = "ltr"):
     """A full FairseqConfig holding ``model_dc`` and an audio_finetuning task (interpolations resolve)."""
     from fairseq.dataclass.configs import FairseqConfig
@@ -76,6 +84,7 @@ def root_cfg(model_dc, data: str, labels: str = "ltr"):
         cfg.task = OmegaConf.structured(AudioFinetuningConfig(data=data, labels=labels, normalize=False))
         cfg.task._name = "audio_finetuning"
         cfg.model = OmegaConf.structured(model_dc)
+        cfg.model._name = model_name(model_dc)
         cfg.common.cpu = True
     return cfg
 

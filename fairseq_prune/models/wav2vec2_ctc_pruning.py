@@ -145,11 +145,6 @@ class PrunableWav2VecEncoder(Wav2VecEncoder):
             )
 
         model = PrunableWav2Vec2Model(w2v_args.model, plan)
-        shape = model.shape()
-        with open_dict(cfg):  # store the sizes, so that checkpoints describe the architecture explicitly
-            cfg.conv_channels = list(shape.conv_channels)
-            cfg.attention_heads = list(shape.heads)
-            cfg.ffn_units = list(shape.ffn_units)
         if source is not None and not cfg.no_pretrained_weights:
             self._load_w2v_weights(model, source.model_state, source.path)
 

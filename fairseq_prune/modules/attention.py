@@ -17,7 +17,7 @@ class OutputBias(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(..., 0)`` or anything with the right leading dims; returns ``(..., dim)``."""
-        return self.bias.expand(*x.shape[:-1], self.bias.numel())
+        return x.new_zeros(*x.shape[:-1], self.bias.numel()) + self.bias
 
 
 class PrunableSelfAttention(nn.Module):

@@ -1,0 +1,190 @@
+"""With its gates open, wav2vec2_ctc_pruning computes what fairseq's wav2vec_ctc computes on the same checkpoint."""
+import os
+
+import pytest
+import torch
+from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
+from omegaconf import OmegaConf
+
+from fairseq_prune.checkpoints import CheckpointError, save_atomic, write_wav2vec2_checkpoint
+from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning, Wav2Vec2CtcPruningConfig
+from fairseq_prune.modules.hard_concrete import HardConcrete
+from helpers import SMALL_W2V, build, padded_batch, root_cfg
+
+ALL_GATES = dict(
+    prune_conv_channels=True,
+    prune_attention_heads=True,
+    prune_attention_layers=True,
+    prune_ffn_units=True,
+    prune_ffn_layers=True,
+)
+LENGTHS = [16000, 11000, 6000]  # a padded batch of different lengths
+
+
+def fairseq_and_ours(ckpt: str, data: str, **ours_kw):
+    torch.manual_seed(0)
+    task, ref = build(Wav2Vec2CtcConfig(w2v_path=ckpt, feature_grad_mult=1.0), data)
+    _, ours = build(Wav2Vec2CtcPruningConfig(w2v_path=ckpt, feature_grad_mult=1.0, **{**ALL_GATES, **ours_kw}), data)
+    if ours.w2v_encoder.proj.weight.data_ptr() != ref.w2v_encoder.proj.weight.data_ptr():
+        # a pre-training checkpoint has no output layer: both models initialise one at random
+        ours.w2v_encoder.proj.load_state_dict(ref.w2v_encoder.proj.state_dict())
+    return task, ref.eval(), ours.eval()
+
+
+def ctc_logits(model, x, pad):
+    with torch.no_grad():
+        return model.get_logits(model(source=x, padding_mask=pad))
+
+
+def assert_same_logits(ref, ours, lengths=LENGTHS, tol=1e-5):
+    x, pad = padded_batch(lengths)
+    a, b = ctc_logits(ref, x, pad), ctc_logits(ours, x, pad)
+    assert a.shape == b.shape
+    finite = torch.isfinite(a)
+    assert torch.equal(finite, torch.isfinite(b)), "padding frames differ"
+    assert not finite.all(), "the batch should contain padded frames"
+    diff = (a[finite] - b[finite]).abs().max().item()
+    assert diff <= tol, f"max abs diff {diff}"
+    return a
+
+
+def test_small_checkpoint_gates_open_equals_fairseq(small_w2v, noise_data):
+    _, ref, ours = fairseq_and_ours(small_w2v, noise_data)
+    assert len(ours.w2v_model.gates()) == 7 + 2 * 4  # 7 conv layers, 4 gates per Transformer layer
+    assert_same_logits(ref, ours)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [dict(extractor_mode="layer_norm", layer_norm_first=True), dict(extractor_mode="layer_norm", conv_bias=True)],
+    ids=["layer_norm-extractor+pre-LN", "layer_norm-extractor+conv_bias"],
+)
+def test_large_style_variants_equal_fairseq(tmp_path, noise_data, variant):
+    ckpt = str(tmp_path / "w2v.pt")
+    write_wav2vec2_checkpoint(ckpt, {**SMALL_W2V, **variant}, seed=3)
+    _, ref, ours = fairseq_and_ours(ckpt, noise_data)
+    assert_same_logits(ref, ours)
+
+
+def test_base_size_checkpoint_gates_open_equals_fairseq(tmp_path, noise_data):
+    ckpt = str(tmp_path / "base.pt")
+    write_wav2vec2_checkpoint(ckpt, {}, seed=1)  # fairseq's Wav2Vec2Config defaults: wav2vec2-base
+    _, ref, ours = fairseq_and_ours(ckpt, noise_data)
+    assert ours.w2v_model.cfg.encoder_layers == 12
+    assert_same_logits(ref, ours, lengths=[24000, 17000])
+
+
+def test_old_args_style_checkpoint_loads(tmp_path, noise_data):
+    ckpt = str(tmp_path / "args.pt")
+    write_wav2vec2_checkpoint(ckpt, SMALL_W2V, seed=2, args_style=True)
+    assert "cfg" not in torch.load(ckpt, weights_only=False)
+    _, ref, ours = fairseq_and_ours(ckpt, noise_data)
+    assert_same_logits(ref, ours)
+
+
+def test_state_dict_keys_are_fairseqs_plus_gates(small_w2v, noise_data):
+    _, ref, ours = fairseq_and_ours(small_w2v, noise_data)
+    ours_keys = set(ours.state_dict())
+    gate_keys = {k for k in ours_keys if k.endswith("log_alpha")}
+    assert ours_keys - gate_keys == set(ref.state_dict())
+    assert len(gate_keys) == len(ours.w2v_model.gates())
+
+
+def finetuned_ctc_checkpoint(small_w2v, data, path):
+    """A fine-tuned wav2vec_ctc checkpoint as fairseq writes it (cfg with model.w2v_args, full state dict)."""
+    torch.manual_seed(5)
+    cfg = root_cfg(Wav2Vec2CtcConfig(w2v_path=small_w2v, feature_grad_mult=1.0), data)
+    from fairseq import tasks
+
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)  # fills cfg.model.w2v_args, like fairseq-hydra-train does
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # "fine-tuned": differs from the pre-trained weights
+    state = {
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": model.state_dict(),
+        "optimizer_history": [{"criterion_name": "CtcCriterion", "optimizer_name": "FairseqAdam",
+                               "lr_scheduler_state": {}, "num_updates": 10}],
+        "extra_state": {"train_iterator": {"epoch": 1}},
+        "last_optimizer_state": None,
+    }
+    save_atomic(state, path, force=True)
+    return model.eval()
+
+
+def test_finetuned_ctc_checkpoint_keeps_encoder_and_output_layer(small_w2v, noise_data, tmp_path):
+    ckpt = str(tmp_path / "ctc.pt")
+    ref = finetuned_ctc_checkpoint(small_w2v, noise_data, ckpt)
+    _, ours = build(Wav2Vec2CtcPruningConfig(w2v_path=ckpt, feature_grad_mult=1.0, **ALL_GATES), noise_data)
+    assert_same_logits(ref, ours.eval())  # output layer included: nothing was copied by hand
+
+
+def test_finetuned_ctc_checkpoint_with_other_dictionary_is_refused(small_w2v, noise_data, tmp_path):
+    ckpt = str(tmp_path / "ctc.pt")
+    finetuned_ctc_checkpoint(small_w2v, noise_data, ckpt)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "dict.ltr.txt").write_text("".join(f"{c} 1\n" for c in "ABC"))
+    with pytest.raises(CheckpointError, match="CTC output layer has .* outputs but the task's target dictionary"):
+        build(Wav2Vec2CtcPruningConfig(w2v_path=ckpt, feature_grad_mult=1.0), str(other))
+
+
+def test_wrong_checkpoint_kinds_are_refused(tmp_path, noise_data):
+    missing = str(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="nope.pt: no such checkpoint file"):
+        build(Wav2Vec2CtcPruningConfig(w2v_path=missing), noise_data)
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.pt: not a readable fairseq checkpoint"):
+        build(Wav2Vec2CtcPruningConfig(w2v_path=str(garbage)), noise_data)
+
+    lm = tmp_path / "lm.pt"
+    torch.save({"cfg": {"model": {"_name": "transformer_lm"}, "task": {}}, "model": {},
+                "optimizer_history": [{"criterion_name": "x", "optimizer_name": "y", "lr_scheduler_state": {},
+                                       "num_updates": 0}], "extra_state": {}}, lm)
+    with pytest.raises(CheckpointError, match="lm.pt: model.w2v_path needs a wav2vec2 pre-training .* 'transformer_lm'"):
+        build(Wav2Vec2CtcPruningConfig(w2v_path=str(lm)), noise_data)
+
+
+def test_prunable_cnn_with_frozen_cnn_is_refused(small_w2v, noise_data):
+    with pytest.raises(ValueError, match="feature_grad_mult"):
+        build(Wav2Vec2CtcPruningConfig(w2v_path=small_w2v, feature_grad_mult=0.0, prune_conv_channels=True), noise_data)
+
+
+def test_flags_select_gate_groups(small_w2v, noise_data):
+    _, cnn_only = build(Wav2Vec2CtcPruningConfig(w2v_path=small_w2v, feature_grad_mult=1.0, prune_conv_channels=True),
+                        noise_data)
+    assert set(cnn_only.w2v_model.gates_by_group()) == {"conv_channels"}
+    _, trf_only = build(Wav2Vec2CtcPruningConfig(w2v_path=small_w2v, prune_attention_heads=True, prune_ffn_units=True),
+                        noise_data)
+    assert set(trf_only.w2v_model.gates_by_group()) == {"attention_heads", "ffn_units"}
+    _, none = build(Wav2Vec2CtcPruningConfig(w2v_path=small_w2v), noise_data)
+    assert none.w2v_model.gates() == []
+
+
+def test_closed_gates_change_outputs_and_sampling_is_stochastic(small_w2v, noise_data):
+    _, ref, ours = fairseq_and_ours(small_w2v, noise_data)
+    x, pad = padded_batch(LENGTHS)
+    with torch.no_grad():
+        ours.w2v_model.feature_extractor.channel_gates[2].log_alpha[:16] = -10.0  # close half of conv layer 2
+        ours.w2v_model.encoder_layers()[1].head_gate.log_alpha[0] = -10.0
+    closed = ctc_logits(ours, x, pad)
+    open_ = ctc_logits(ref, x, pad)
+    finite = torch.isfinite(open_)
+    assert (closed[finite] - open_[finite]).abs().max() > 1e-3
+    ours.train()
+    ours.w2v_encoder.apply_mask = False
+    with torch.no_grad():
+        a = ours.get_logits(ours(source=x, padding_mask=pad))
+        b = ours.get_logits(ours(source=x, padding_mask=pad))
+    assert (a[finite] - b[finite]).abs().max() > 1e-4, "training-mode masks should be re-drawn every forward"
+
+
+def test_gate_parameters_join_the_pruning_param_group(small_w2v, noise_data):
+    _, ours = build(Wav2Vec2CtcPruningConfig(w2v_path=small_w2v, feature_grad_mult=1.0, **ALL_GATES), noise_data)
+    groups = {getattr(p, "param_group", "default") for n, p in ours.named_parameters() if n.endswith("log_alpha")}
+    assert groups == {"pruning"}
+    assert all(not hasattr(p, "param_group") for n, p in ours.named_parameters() if not n.endswith("log_alpha"))
+    assert all(isinstance(g, HardConcrete) for g in ours.w2v_model.gates())
