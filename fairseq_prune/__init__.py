@@ -6,4 +6,6 @@ from .checkpoints import register_safe_globals
 
 register_safe_globals()
 
+from .criterions import ctc_pruning  # noqa: E402,F401
 from .models import wav2vec2_ctc_pruning  # noqa: E402,F401
+from .tasks import audio_pruning  # noqa: E402,F401

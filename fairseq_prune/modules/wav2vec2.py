@@ -164,16 +164,19 @@ class PrunableWav2Vec2Model(Wav2Vec2Model):
 
         ``mode="expected"``: differentiable expectations, P(z > 0) summed over a structure's units and
         multiplied by its block gate's P(z > 0). ``mode="deterministic"``: integer counts of the units whose
-        eval-mode mask is non-zero (what export keeps). Ungated structures count at full size.
+        eval-mode mask is non-zero (what export keeps). ``mode="minimum"``: the smallest sizes the gates allow
+        (every gated unit closed; a conv layer keeps one channel). Ungated structures count at full size.
         """
-        if mode not in ("expected", "deterministic"):
-            raise ValueError(f"mode must be 'expected' or 'deterministic', not {mode!r}")
+        if mode not in ("expected", "deterministic", "minimum"):
+            raise ValueError(f"mode must be 'expected', 'deterministic' or 'minimum', not {mode!r}")
 
         def kept(gate: Optional[HardConcrete], full: int):
             if gate is None:
                 return full
             if mode == "expected":
                 return gate.prob_nonzero().sum()
+            if mode == "minimum":
+                return 0
             return int((gate.deterministic() > 0).sum())
 
         def block(unit_gate, layer_gate, full):
@@ -184,7 +187,7 @@ class PrunableWav2Vec2Model(Wav2Vec2Model):
             kept(g, block[0].out_channels)
             for g, block in zip(self.conv_gates(), self.feature_extractor.conv_layers)
         ]
-        if mode == "deterministic":  # a conv layer always keeps a channel (see conv_feature_extractor.support)
+        if mode != "expected":  # a conv layer always keeps a channel (see conv_feature_extractor.support)
             conv = [max(1, c) for c in conv]
         layers = self.encoder_layers()
         heads = [block(l.head_gate, l.attn_layer_gate, l.self_attn.num_heads) for l in layers]

@@ -1,0 +1,216 @@
+"""``ctc_pruning``: fairseq's CTC loss plus the HJ-Pruning sparsity Lagrangian (Peng et al., ICASSP 2023).
+
+loss = CTC + sum over budget terms of  lambda_1 * (s - t) + lambda_2 * (s - t)^2
+
+where ``s`` is the expected cost ratio of a budget term under the hard concrete gates (from
+:mod:`fairseq_prune.cost`), ``t`` its current target (warmed up linearly from 1 to the final target), and the
+multipliers lambda_1, lambda_2 are parameters of this criterion trained by gradient *ascent*: their gradient is
+reversed, so a minimising optimizer makes them grow while the budget is exceeded. They belong to the ``pruning``
+parameter group (as do the gates), which fairseq's ``optimizer: composite`` can give its own learning rate.
+
+The CTC part is fairseq's ``CtcCriterion`` unchanged (normalisation, ``zero_infinity``, ``sentence_avg``,
+validation UER/WER). fairseq divides the summed loss by the sample size before the update, so the Lagrangian is
+added multiplied by the sample size: after normalisation it weighs exactly as written above.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from fairseq import metrics
+from fairseq.criterions import register_criterion
+from fairseq.criterions.ctc import CtcCriterion, CtcCriterionConfig
+from fairseq.dataclass import ChoiceEnum
+from torch import nn
+
+from ..cost import Cost, cost_breakdown, totals
+from ..modules.hard_concrete import PRUNING_PARAM_GROUP
+from ..modules.wav2vec2 import GATE_GROUPS
+
+BUDGETS = ChoiceEnum(["size", "sep_size", "macs"])
+TRANSFORMER_GROUPS = ("attention_heads", "attention_layers", "ffn_units", "ffn_layers")
+
+
+@dataclass
+class CtcPruningCriterionConfig(CtcCriterionConfig):
+    budget: BUDGETS = field(
+        default="macs",
+        metadata={
+            "help": "size: total parameters (HJ-Pruning-Size); sep_size: CNN and Transformer parameters with "
+            "separate targets (HJ-Pruning-SepSize); macs: total MACs at reference_seconds (HJ-Pruning-MAC)"
+        },
+    )
+    target: float = field(
+        default=0.5, metadata={"help": "final cost ratio for budget=size or macs, in (0, 1]"}
+    )
+    target_cnn: Optional[float] = field(
+        default=None, metadata={"help": "budget=sep_size: final ratio of CNN parameters, in (0, 1]"}
+    )
+    target_transformer: Optional[float] = field(
+        default=None, metadata={"help": "budget=sep_size: final ratio of Transformer parameters, in (0, 1]"}
+    )
+    target_warmup_updates: int = field(
+        default=0,
+        metadata={"help": "the target goes linearly from 1.0 (nothing pruned) to its final value over these updates"},
+    )
+    reference_seconds: float = field(
+        default=10.0, metadata={"help": "input length at which MACs are counted for budget=macs and in logs"}
+    )
+    reference_sample_rate: int = field(default=16000, metadata={"help": "sample rate of the reference input"})
+
+
+class _Ascend(torch.autograd.Function):
+    """Identity whose gradient is reversed: parameters behind it are updated by gradient ascent."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+
+def _unwrap(model):
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _check_target(name: str, value: Optional[float]) -> float:
+    if value is None:
+        raise ValueError(f"criterion.{name} is required for this budget")
+    if not (0.0 < value <= 1.0):
+        raise ValueError(f"criterion.{name}={value} is outside (0, 1]")
+    return float(value)
+
+
+@register_criterion("ctc_pruning", dataclass=CtcPruningCriterionConfig)
+class CtcPruningCriterion(CtcCriterion):
+    def __init__(self, cfg: CtcPruningCriterionConfig, task) -> None:
+        super().__init__(cfg, task)
+        self.budget = str(cfg.budget)
+        if self.budget == "sep_size":
+            if cfg.target_cnn is None or cfg.target_transformer is None:
+                raise ValueError("criterion.budget=sep_size needs both criterion.target_cnn and criterion.target_transformer")
+            self.term_names = ["cnn", "transformer"]
+            self.targets = [_check_target("target_cnn", cfg.target_cnn), _check_target("target_transformer", cfg.target_transformer)]
+        else:
+            self.term_names = [self.budget]
+            self.targets = [_check_target("target", cfg.target)]
+        if cfg.target_warmup_updates < 0:
+            raise ValueError(f"criterion.target_warmup_updates={cfg.target_warmup_updates} must be >= 0")
+        self.warmup = cfg.target_warmup_updates
+        self.reference_samples = int(round(cfg.reference_seconds * cfg.reference_sample_rate))
+        n = len(self.term_names)
+        self.lambda_1 = nn.Parameter(torch.zeros(n))
+        self.lambda_2 = nn.Parameter(torch.zeros(n))
+        for p in (self.lambda_1, self.lambda_2):
+            p.param_group = PRUNING_PARAM_GROUP
+        self._original: Optional[Dict[str, Cost]] = None
+
+    # ---------------------------------------------------------------------------------------------- budget
+    def current_targets(self, num_updates: int) -> List[float]:
+        if self.warmup <= 0:
+            return list(self.targets)
+        frac = min(1.0, num_updates / self.warmup)
+        return [1.0 - (1.0 - t) * frac for t in self.targets]
+
+    def _ratios(self, cost: Dict[str, Cost]) -> List[torch.Tensor]:
+        orig = self._original
+        if self.budget == "size":
+            return [cost["total"].params / orig["total"].params]
+        if self.budget == "macs":
+            return [cost["total"].macs / orig["total"].macs]
+        return [cost["cnn"].params / orig["cnn"].params, cost["transformer"].params / orig["transformer"].params]
+
+    def _setup(self, model) -> None:
+        """Check the budget against what the model can prune (once, at the first forward)."""
+        w2v = model.w2v_model
+        groups = set(w2v.gates_by_group())
+        if not groups:
+            raise ValueError(
+                "criterion ctc_pruning needs a model with gates: set at least one model.prune_* flag "
+                "(prune_conv_channels, prune_attention_heads, prune_ffn_units, ...)"
+            )
+        if self.budget == "sep_size":
+            if "conv_channels" not in groups:
+                raise ValueError("criterion.budget=sep_size has a CNN target but model.prune_conv_channels is false")
+            if not groups & set(TRANSFORMER_GROUPS):
+                raise ValueError(
+                    "criterion.budget=sep_size has a Transformer target but no Transformer gates "
+                    "(model.prune_attention_heads / prune_ffn_units / prune_attention_layers / prune_ffn_layers)"
+                )
+        shape = model.shape()
+        self._original = totals(cost_breakdown(shape, self.reference_samples))
+        floor = self._ratios(totals(cost_breakdown(shape, self.reference_samples, w2v.structure_counts("minimum"))))
+        for name, lowest, target in zip(self.term_names, floor, self.targets):
+            if target < float(lowest):
+                raise ValueError(
+                    f"criterion target {target} for the {name} budget cannot be reached: with the prunable groups "
+                    f"{sorted(groups)} the smallest possible ratio is {float(lowest):.3f}"
+                )
+
+    # --------------------------------------------------------------------------------------------- forward
+    def forward(self, model, sample, reduce=True, **kwargs):
+        loss, sample_size, logging_output = super().forward(model, sample, reduce=reduce)
+        inner = _unwrap(model)
+        if self._original is None:
+            self._setup(inner)
+        w2v = inner.w2v_model
+        shape = inner.shape()
+        expected = totals(cost_breakdown(shape, self.reference_samples, w2v.structure_counts("expected")))
+        ratios = self._ratios(expected)
+        targets = self.current_targets(inner.w2v_encoder.num_updates)
+        lam1, lam2 = _Ascend.apply(self.lambda_1), _Ascend.apply(self.lambda_2)
+        reg = sum(lam1[i] * (s - t) + lam2[i] * (s - t) ** 2 for i, (s, t) in enumerate(zip(ratios, targets)))
+        ctc = loss
+        if model.training:
+            loss = loss + reg * sample_size
+
+        with torch.no_grad():
+            det = totals(cost_breakdown(shape, self.reference_samples, w2v.structure_counts("deterministic")))
+            orig = self._original["total"]
+            stats = {
+                "loss": loss.item(),
+                "ctc_loss": ctc.item(),
+                "reg_loss": float(reg) * sample_size,
+                "_prune_n": 1,
+                "exp_params_M": float(expected["total"].params) / 1e6,
+                "exp_gmacs": float(expected["total"].macs) / 1e9,
+                "exp_params_ratio": float(expected["total"].params) / orig.params,
+                "exp_macs_ratio": float(expected["total"].macs) / orig.macs,
+                "det_params_ratio": float(det["total"].params) / orig.params,
+                "det_macs_ratio": float(det["total"].macs) / orig.macs,
+            }
+            for i, name in enumerate(self.term_names):
+                suffix = "" if len(self.term_names) == 1 else f"_{name}"
+                stats[f"target{suffix}"] = targets[i]
+                stats[f"exp_ratio{suffix}"] = float(ratios[i])
+                stats[f"lambda_1{suffix}"] = float(self.lambda_1[i])
+                stats[f"lambda_2{suffix}"] = float(self.lambda_2[i])
+            for group, gates in w2v.gates_by_group().items():
+                stats[f"closed_{group}"] = sum(int((g.deterministic() == 0).sum()) for g in gates)
+        logging_output.update(stats)
+        return loss, sample_size, logging_output
+
+    # --------------------------------------------------------------------------------------------- logging
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        super().reduce_metrics(logging_outputs)
+        sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
+        n = sum(log.get("_prune_n", 0) for log in logging_outputs)
+        if n == 0:
+            return
+        for key in ("ctc_loss", "reg_loss"):
+            total = sum(log.get(key, 0) for log in logging_outputs)
+            metrics.log_scalar(key, total / max(sample_size, 1) / math.log(2), sample_size, round=3)
+        keys = sorted({k for log in logging_outputs for k in log})
+        per_update = [
+            k for k in keys
+            if k.startswith(("exp_", "det_", "target", "lambda_", "closed_"))
+        ]
+        for key in per_update:
+            # logging outputs of the batches of one update (and of all workers) are summed: report the mean
+            value = sum(log.get(key, 0) for log in logging_outputs) / n
+            metrics.log_scalar(key, value, weight=0, round=4)

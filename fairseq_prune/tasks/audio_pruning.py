@@ -1,0 +1,91 @@
+"""``audio_pruning``: fairseq's ``audio_finetuning`` plus intent accuracy in validation and reproducible
+training steps.
+
+Same data config and manifests (``{split}.tsv`` + ``{split}.{labels}`` + ``dict.{labels}.txt``). Validation runs
+the model in eval mode, i.e. with the gates' deterministic masks, so the validation numbers are those of the
+model that export will write. When the references start with an intent token (SLURP manifests, see
+:mod:`fairseq_prune.intent`), validation also reports ``intent_acc``: the share of utterances whose greedy CTC
+hypothesis starts with the reference intent.
+
+Training steps draw wav2vec2's time/channel masks and layerdrop from NumPy's global generator, which fairseq
+does not reseed per update (it does reseed torch's, which drives dropout and the gates' samples). This task
+seeds NumPy from ``(seed, update, rank)`` for each step, so that a run resumed from ``checkpoint_last.pt``
+follows the same trajectory as an uninterrupted one.
+"""
+from dataclasses import dataclass
+
+import torch.distributed as dist
+from fairseq import metrics
+from fairseq.data import data_utils
+from fairseq.logging.meters import safe_round
+from fairseq.tasks import register_task
+from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
+
+from ..decoding import greedy_units, target_words, units_to_words
+from ..intent import intent_counts
+
+
+@dataclass
+class AudioPruningConfig(AudioFinetuningConfig):
+    pass
+
+
+class _OutputRecorder:
+    """Stands in for the model during a validation step and keeps what its forward returned, so that intent
+    accuracy is computed from the same forward pass as the criterion's loss."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+        self.net_output = None
+
+    def __call__(self, *args, **kwargs):
+        self.net_output = self._model(*args, **kwargs)
+        return self.net_output
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+@register_task("audio_pruning", dataclass=AudioPruningConfig)
+class AudioPruningTask(AudioFinetuningTask):
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        with data_utils.numpy_seed(self.cfg.seed, update_num, rank):
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def valid_step(self, sample, model, criterion):
+        recorder = _OutputRecorder(model)
+        loss, sample_size, logging_output = super().valid_step(sample, recorder, criterion)
+        if recorder.net_output is not None and "target" in sample:
+            correct, total = self._intent_counts(recorder.net_output, sample, model, criterion)
+            if total:
+                logging_output["_intent_correct"] = correct
+                logging_output["_intent_total"] = total
+        return loss, sample_size, logging_output
+
+    def _intent_counts(self, net_output, sample, model, criterion):
+        lprobs = model.get_normalized_probs(net_output, log_probs=True).transpose(0, 1)  # B x T x V
+        padding = net_output.get("padding_mask")
+        lengths = (~padding).long().sum(-1) if padding is not None else None
+        blank = getattr(criterion, "blank_idx", 0)
+        post = getattr(criterion, "post_process", "letter")
+        d = self.target_dictionary
+        hyps = [units_to_words(d, u, post) for u in greedy_units(lprobs, lengths, blank)]
+        refs = [target_words(d, t, post) for t in sample["target"]]
+        return intent_counts(zip(hyps, refs))
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        total = sum(log.get("_intent_total", 0) for log in logging_outputs)
+        if total > 0:
+            correct = sum(log.get("_intent_correct", 0) for log in logging_outputs)
+            metrics.log_scalar("_intent_correct", correct)
+            metrics.log_scalar("_intent_total", total)
+            metrics.log_derived(
+                "intent_acc",
+                lambda meters: safe_round(
+                    meters["_intent_correct"].sum * 100.0 / meters["_intent_total"].sum, 3
+                )
+                if meters["_intent_total"].sum > 0
+                else float("nan"),
+            )
