@@ -120,3 +120,35 @@ def run(cmd: List[str], cwd: str = REPO, timeout: int = 600, env: Optional[dict]
     if p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
     return p
+
+
+MINI_RECIPES = os.path.join(REPO, "examples", "mini")
+
+
+def log_records(text: str, kind: str) -> List[dict]:
+    """The JSON records fairseq logged under ``[kind]`` (train_inner, train, valid)."""
+    import json
+
+    out = []
+    for line in text.splitlines():
+        if f"[{kind}][INFO] - {{" in line:
+            out.append(json.loads(line.split(" - ", 1)[1]))
+    return out
+
+
+def hydra_train(config: str, data: str, w2v: str, save_dir: str, *overrides: str, timeout: int = 900,
+                launcher: Optional[List[str]] = None) -> str:
+    """Run ``fairseq-hydra-train --user-dir`` on a mini recipe; returns stdout + stderr."""
+    cmd = (launcher or ["fairseq-hydra-train"]) + [
+        "--config-dir", MINI_RECIPES,
+        "--config-name", config,
+        f"common.user_dir={REPO}/fairseq_prune",
+        f"task.data={data}",
+        f"model.w2v_path={w2v}",
+        f"checkpoint.save_dir={save_dir}",
+        f"hydra.run.dir={save_dir}/hydra",
+        "common.log_interval=10",
+        *overrides,
+    ]
+    p = run(cmd, timeout=timeout)
+    return p.stdout + p.stderr

@@ -24,7 +24,7 @@ from fairseq.dataclass import ChoiceEnum
 from torch import nn
 
 from ..cost import Cost, cost_breakdown, totals
-from ..modules.hard_concrete import PRUNING_PARAM_GROUP
+from ..modules.hard_concrete import LAGRANGIAN_PARAM_GROUP
 from ..modules.wav2vec2 import GATE_GROUPS
 
 BUDGETS = ChoiceEnum(["size", "sep_size", "macs"])
@@ -106,7 +106,7 @@ class CtcPruningCriterion(CtcCriterion):
         self.lambda_1 = nn.Parameter(torch.zeros(n))
         self.lambda_2 = nn.Parameter(torch.zeros(n))
         for p in (self.lambda_1, self.lambda_2):
-            p.param_group = PRUNING_PARAM_GROUP
+            p.param_group = LAGRANGIAN_PARAM_GROUP
         self._original: Optional[Dict[str, Cost]] = None
 
     # ---------------------------------------------------------------------------------------------- budget
@@ -170,6 +170,7 @@ class CtcPruningCriterion(CtcCriterion):
 
         with torch.no_grad():
             det = totals(cost_breakdown(shape, self.reference_samples, w2v.structure_counts("deterministic")))
+            det_ratios = self._ratios(det)
             orig = self._original["total"]
             stats = {
                 "loss": loss.item(),
@@ -187,6 +188,7 @@ class CtcPruningCriterion(CtcCriterion):
                 suffix = "" if len(self.term_names) == 1 else f"_{name}"
                 stats[f"target{suffix}"] = targets[i]
                 stats[f"exp_ratio{suffix}"] = float(ratios[i])
+                stats[f"det_ratio{suffix}"] = float(det_ratios[i])
                 stats[f"lambda_1{suffix}"] = float(self.lambda_1[i])
                 stats[f"lambda_2{suffix}"] = float(self.lambda_2[i])
             for group, gates in w2v.gates_by_group().items():

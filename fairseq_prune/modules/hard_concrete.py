@@ -18,6 +18,8 @@ from torch import nn
 
 #: Name of the fairseq ``optimizer: composite`` parameter group that gate and Lagrangian parameters join.
 PRUNING_PARAM_GROUP = "pruning"
+#: ... and the group of the Lagrange multipliers of the sparsity constraint (see criterions/ctc_pruning.py).
+LAGRANGIAN_PARAM_GROUP = "lagrangian"
 
 
 class HardConcrete(nn.Module):

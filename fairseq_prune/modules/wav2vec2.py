@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
+from fairseq.data.data_utils import compute_mask_indices
 from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
 from omegaconf import open_dict
 from torch import nn
@@ -125,6 +126,52 @@ class PrunableWav2Vec2Model(Wav2Vec2Model):
         for g in self.gates():
             g.clear()  # one fresh draw per gate per forward pass, shared by all its consumers
         return super().forward(*args, **kwargs)
+
+    def apply_mask(self, x, padding_mask, mask_indices=None, mask_channel_indices=None):
+        """fairseq's time and channel masking, with the spans drawn reproducibly.
+
+        fairseq draws the spans with ``np.random.default_rng(None)`` (fresh OS entropy), so no two runs mask
+        alike and a resumed run cannot repeat an interrupted one. Here the spans come from a seed drawn from
+        torch's generator, which fairseq reseeds from ``(seed, update)`` at every training step; the spans
+        themselves are computed and applied by fairseq's own code.
+        """
+        B, T, C = x.shape
+        seed = int(torch.randint(1, 2**31 - 1, (1,)).item())
+        rows = torch.arange(B)
+        if mask_indices is None and self.mask_prob > 0:
+            mask_indices = compute_mask_indices(
+                (B, T),
+                padding_mask,
+                self.mask_prob,
+                self.mask_length,
+                self.mask_selection,
+                self.mask_other,
+                min_masks=2,
+                no_overlap=self.no_mask_overlap,
+                min_space=self.mask_min_space,
+                require_same_masks=self.cfg.require_same_masks,
+                mask_dropout=self.cfg.mask_dropout,
+                seed=seed,
+                epoch=0,
+                indices=rows,
+            )
+            mask_indices = torch.from_numpy(mask_indices).to(x.device)
+        if mask_channel_indices is None and self.mask_channel_prob > 0:
+            mask_channel_indices = compute_mask_indices(
+                (B, C),
+                None,
+                self.mask_channel_prob,
+                self.mask_channel_length,
+                self.mask_channel_selection,
+                self.mask_channel_other,
+                no_overlap=self.no_mask_channel_overlap,
+                min_space=self.mask_channel_min_space,
+                seed=seed + 1,
+                epoch=0,
+                indices=rows,
+            )
+            mask_channel_indices = torch.from_numpy(mask_channel_indices).to(x.device).unsqueeze(1).expand(-1, T, -1)
+        return super().apply_mask(x, padding_mask, mask_indices, mask_channel_indices)
 
     # ------------------------------------------------------------------------------------------ inspection
     def conv_gates(self) -> List[Optional[HardConcrete]]:

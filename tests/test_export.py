@@ -1,0 +1,137 @@
+"""fairseq-prune-export: the compact model computes what the gated model computes in eval mode, is as small as the
+table says, loads with fairseq's loader, and bad input is refused clearly."""
+import json
+import os
+
+import pytest
+import torch
+from fairseq import checkpoint_utils
+
+import fairseq_prune  # noqa: F401 (registers the model for fairseq's loader)
+from fairseq_prune.checkpoints import write_wav2vec2_checkpoint
+from fairseq_prune.export import load_gated
+from helpers import SMALL_W2V, hydra_train, padded_batch, run
+
+GATES = "w2v_encoder.w2v_model."
+
+
+def trained(tmp_path, noise_data, w2v, config, *extra):
+    save = tmp_path / f"train-{config}"
+    hydra_train(config, noise_data, w2v, str(save), "optimization.max_update=20",
+                "criterion.target_warmup_updates=10", *extra)
+    return save / "checkpoint_last.pt"
+
+
+def close_some_gates(ckpt, out):
+    """Make the export non-trivial: every head of layer 0 and every FFN unit of layer 1 closed, conv channels
+    closed in two layers (the last included), and gate values strictly between 0 and 1 that must be folded."""
+    state = torch.load(ckpt, weights_only=False)
+    sd = state["model"]
+    sd[GATES + "encoder.layers.0.head_gate.log_alpha"].fill_(-10.0)
+    sd[GATES + "encoder.layers.1.ffn_unit_gate.log_alpha"].fill_(-10.0)
+    for layer in (2, 6):
+        la = sd[GATES + f"feature_extractor.channel_gates.{layer}.log_alpha"]
+        la[:6] = torch.tensor([-10.0, 0.5, -1.0, 1.0, -10.0, 0.0])  # 0.5, 1.0, 0.0 give masks in (0, 1)
+    sd[GATES + "encoder.layers.1.head_gate.log_alpha"][0] = 0.3
+    sd[GATES + "encoder.layers.0.ffn_unit_gate.log_alpha"][:10] = torch.linspace(-3.0, 1.0, 10)
+    torch.save(state, out)
+    return out
+
+
+def export(src, dst, *flags):
+    p = run(["fairseq-prune-export", str(src), str(dst), *flags], timeout=300)
+    return p.stdout
+
+
+def logits(model, lengths=(16000, 11000, 7000)):
+    x, pad = padded_batch(list(lengths))
+    with torch.no_grad():
+        return model.get_logits(model(source=x, padding_mask=pad))
+
+
+def assert_same_outputs(gated_ckpt, exported_ckpt, data, tol=1e-4):
+    _, gated = load_gated(str(gated_ckpt))
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([str(exported_ckpt)], arg_overrides={"data": data})
+    compact = models[0].eval()
+    a, b = logits(gated), logits(compact)
+    finite = torch.isfinite(a)
+    assert torch.equal(finite, torch.isfinite(b)) and not finite.all()
+    diff = (a[finite] - b[finite]).abs().max().item()
+    assert diff <= tol, diff
+    return gated, compact
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config,extra", [
+    ("hj_macs", ()),
+    ("hj_size", ("+model.prune_attention_layers=true", "+model.prune_ffn_layers=true")),
+    ("hj_sep_size", ()),
+])
+def test_exported_model_equals_gated_model(tmp_path, small_w2v, noise_data, config, extra):
+    src = close_some_gates(trained(tmp_path, noise_data, small_w2v, config, *extra), tmp_path / "gated.pt")
+    out = tmp_path / "exported.pt"
+    table = export(src, out, "--summary-json", str(tmp_path / "summary.json"), "--plot", str(tmp_path / "arch.png"))
+    gated, compact = assert_same_outputs(src, out, noise_data)
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    after = summary["after"]
+    assert after["attention_heads"][0] == 0 and after["ffn_units"][1] == 0
+    assert after["conv_channels"][2] < 32 and after["conv_channels"][6] < 32
+    n_params = sum(p.numel() for p in compact.parameters())
+    assert n_params == after["params"]
+    assert f"{n_params / 1e6:.3f}M parameters" in table
+    assert "total" in table and "ratio after/before" in table
+    assert not any("log_alpha" in k for k in compact.state_dict())
+    assert compact.w2v_model.encoder_layers()[0].self_attn.q_proj is None  # the block is gone, not zeroed
+    assert compact.w2v_model.encoder_layers()[1].fc1 is None
+    assert (tmp_path / "arch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    state = torch.load(out, weights_only=True)  # plain containers only: loads without trusting pickles
+    assert state["cfg"]["model"]["_name"] == "wav2vec2_ctc_pruning"
+    assert state["cfg"]["model"]["conv_channels"] == after["conv_channels"]
+    assert not any(state["cfg"]["model"][f] for f in ("prune_conv_channels", "prune_attention_heads", "prune_ffn_units"))
+    assert state["pruning_summary"]["after"]["macs"] < state["pruning_summary"]["before"]["macs"]
+
+
+@pytest.mark.slow
+def test_large_style_model_exports_exactly(tmp_path, noise_data):
+    """extractor_mode=layer_norm (LayerNorm across channels in every conv block) and pre-LN Transformer."""
+    w2v = str(tmp_path / "large_style.pt")
+    write_wav2vec2_checkpoint(w2v, {**SMALL_W2V, "extractor_mode": "layer_norm", "layer_norm_first": True}, seed=4)
+    src = close_some_gates(trained(tmp_path, noise_data, w2v, "hj_macs"), tmp_path / "gated.pt")
+    out = tmp_path / "exported.pt"
+    export(src, out)
+    assert_same_outputs(src, out, noise_data)
+
+
+@pytest.mark.slow
+def test_round_to_keeps_outputs_and_reports_its_cost(tmp_path, small_w2v, noise_data):
+    src = close_some_gates(trained(tmp_path, noise_data, small_w2v, "hj_macs"), tmp_path / "gated.pt")
+    plain, rounded = tmp_path / "plain.pt", tmp_path / "rounded.pt"
+    export(src, plain)
+    table = export(src, rounded, "--round-to", "8")
+    assert "--round-to 8:" in table
+    _, compact = assert_same_outputs(src, rounded, noise_data)
+    sizes = torch.load(rounded, weights_only=True)["pruning_summary"]["after"]
+    exact = torch.load(plain, weights_only=True)["pruning_summary"]["after"]
+    # default extractor: conv layers 0..5 and FFN units are rounded; the last conv layer feeds a LayerNorm
+    assert all(c % 8 == 0 for c in sizes["conv_channels"][:-1])
+    assert all(u % 8 == 0 for u in sizes["ffn_units"])
+    assert sizes["conv_channels"][-1] == exact["conv_channels"][-1]
+    assert sizes["macs"] > exact["macs"]
+
+
+def test_bad_input_is_refused_clearly(tmp_path, small_w2v, noise_data):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(AssertionError, match="nope.pt: no such checkpoint file"):
+        export(missing, tmp_path / "out.pt")
+    # a wav2vec2 pre-training checkpoint: not trained with our model
+    with pytest.raises(AssertionError, match="not trained with model wav2vec2_ctc_pruning .*'wav2vec2'"):
+        export(small_w2v, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+    # an existing output is never overwritten without --force
+    existing = tmp_path / "existing.pt"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(AssertionError, match="existing.pt exists; pass --force"):
+        export(small_w2v, existing)
+    assert existing.read_bytes() == b"keep me"
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")], "a temporary file was left behind"
