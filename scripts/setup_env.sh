@@ -41,6 +41,8 @@ fi
 echo "[setup] fairseq runtime requirements and ours"
 "${pip[@]}" hydra-core omegaconf antlr4-python3-runtime PyYAML bitarray cffi regex sacrebleu scikit-learn \
   scipy tqdm packaging soundfile sentencepiece editdistance matplotlib pytest
+echo "[setup] flashlight-text (optional for users: beam-search decoding; the tests use it)"
+"${pip[@]}" flashlight-text
 echo "[setup] fairseq-prune (editable)"
 "${pip[@]}" --no-deps --no-build-isolation -e "$root"
 "$venv/bin/python" -c "import fairseq, torchaudio, fairseq_prune" 2>/dev/null

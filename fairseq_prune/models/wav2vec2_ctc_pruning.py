@@ -59,6 +59,11 @@ class Wav2Vec2CtcPruningConfig(Wav2Vec2CtcConfig):
         default=3.0,
         metadata={"help": "initial log alpha of every gate (3.0: eval masks all open, most draws exactly 1)"},
     )
+    gate_log_alpha_limit: float = field(
+        default=6.0,
+        metadata={"help": "after each update, log alpha is clamped to [-limit, limit] (0: never); needs the "
+                  "audio_pruning task, which applies it"},
+    )
 
 
 def plan_from_cfg(cfg: Wav2Vec2CtcPruningConfig) -> PruningPlan:
@@ -75,6 +80,7 @@ def plan_from_cfg(cfg: Wav2Vec2CtcPruningConfig) -> PruningPlan:
         gate_limit_l=cfg.gate_limit_l,
         gate_limit_r=cfg.gate_limit_r,
         gate_init_log_alpha=cfg.gate_init_log_alpha,
+        gate_log_alpha_limit=cfg.gate_log_alpha_limit,
     )
 
 
@@ -197,3 +203,20 @@ class Wav2Vec2CtcPruning(Wav2VecCtc):
     def shape(self) -> Wav2Vec2Shape:
         proj = self.w2v_encoder.proj
         return self.w2v_model.shape(vocab_size=proj.out_features if proj is not None else 0)
+
+    @classmethod
+    def from_w2v_args(cls, w2v_args, vocab_size: int, **fields) -> "Wav2Vec2CtcPruning":
+        """Build (randomly initialised, no checkpoint or data folder needed) from a wav2vec2 pre-training
+        config, e.g. :func:`fairseq_prune.checkpoints.wav2vec2_pretraining_cfg`; ``fields`` set
+        :class:`Wav2Vec2CtcPruningConfig` fields (gates, per-layer sizes, ...). For benchmarks and tools."""
+        from fairseq.dataclass.configs import FairseqConfig
+        from omegaconf import OmegaConf
+
+        root = OmegaConf.structured(FairseqConfig())
+        with open_dict(root):
+            root.task = OmegaConf.create({"_name": "audio_pruning", "normalize": bool(w2v_args.task.normalize),
+                                          "data": ""})
+            fields.setdefault("w2v_path", "")  # not read: w2v_args is given
+            root.model = OmegaConf.structured(Wav2Vec2CtcPruningConfig(w2v_args=w2v_args, **fields))
+            root.model._name = "wav2vec2_ctc_pruning"
+        return cls(root.model, PrunableWav2VecEncoder(root.model, vocab_size))

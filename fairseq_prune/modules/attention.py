@@ -80,7 +80,9 @@ class PrunableSelfAttention(nn.Module):
         ctx = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, hd)
-        if head_mask is not None:
-            ctx = ctx * head_mask.to(ctx.dtype).view(1, H, 1, 1)
         ctx = ctx.permute(2, 0, 1, 3).reshape(T, B, H * hd)
-        return self.out_proj(ctx)
+        if head_mask is None:
+            return self.out_proj(ctx)
+        # scaling each head's output == scaling its columns of out_proj (a weight-sized product)
+        w = self.out_proj.weight * head_mask.to(ctx.dtype).repeat_interleave(hd)
+        return F.linear(ctx, w, self.out_proj.bias)

@@ -2,8 +2,8 @@
 
 Where each conv layer's channel gate acts (chosen so that removing a channel at export is exact):
 
-* conv layers 0 .. L-2: the mask multiplies the block's output (after GELU); export folds it into the input
-  channels of the next conv layer.
+* conv layers 0 .. L-2: the mask multiplies the block's output (after GELU), computed as a product with the
+  input channels of the next conv layer's weight (the same thing, cheaper); export makes that product final.
 * the last conv layer: its output goes through the model's feature LayerNorm, which normalises *across*
   channels, so the mask multiplies the LayerNorm's output (:class:`GatedFeatureLayerNorm`) and export folds it
   into the LayerNorm's affine parameters.
@@ -101,18 +101,23 @@ class GatedConvFeatureExtractor(ConvFeatureExtractionModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(1)  # B x S -> B x 1 x S
         last = len(self.conv_layers) - 1
+        prev: Optional[torch.Tensor] = None  # mask of the previous layer's output channels
         for i, block in enumerate(self.conv_layers):
             mask = self.channel_mask(i)
+            conv, dropout, act = block[0], block[1], block[-1]
+            weight = conv.weight
+            if prev is not None:
+                # (h * m) conv W == h conv (W * m over input channels): the mask costs a weight-sized product
+                # instead of an activation-sized one, and its gradient comes from the weight gradient
+                weight = weight * prev.to(weight.dtype).view(1, -1, 1)
+            x = dropout(F.conv1d(x, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups))
             if self.mode == "layer_norm":
-                conv, dropout, norm, act = block  # norm = (TransposeLast, Fp32LayerNorm, TransposeLast)
-                ln = norm[1]
-                x = dropout(conv(x))
-                x = layer_norm_over(x.transpose(-2, -1), ln.weight, ln.bias, ln.eps, support(mask))
-                x = act(x.transpose(-2, -1))
-            else:
-                x = block(x)
-            if mask is not None and i < last:
-                x = x * mask.to(x.dtype).unsqueeze(-1)
+                ln = block[2][1]  # (TransposeLast, Fp32LayerNorm, TransposeLast)
+                x = layer_norm_over(x.transpose(-2, -1), ln.weight, ln.bias, ln.eps, support(mask)).transpose(-2, -1)
+            elif len(block) == 4:
+                x = block[2](x)  # GroupNorm of layer 0 (per channel)
+            x = act(x)
+            prev = mask if i < last else None  # the last layer's mask is applied by GatedFeatureLayerNorm
         return x
 
 
@@ -133,5 +138,6 @@ class GatedFeatureLayerNorm(nn.LayerNorm):
         if gate is None:
             return super().forward(x)
         mask = gate.mask()
-        y = layer_norm_over(x, self.weight, self.bias, self.eps, support(mask))
-        return y * mask.to(y.dtype)
+        m = mask.to(self.weight.dtype)
+        # LN(x) * m with m folded into the affine parameters (statistics over the kept channels only)
+        return layer_norm_over(x, self.weight * m, self.bias * m, self.eps, support(mask))

@@ -2,6 +2,7 @@
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from fairseq import utils
 from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder
 from fairseq.modules import LayerNorm
@@ -87,9 +88,10 @@ class PrunableEncoderLayer(nn.Module):
             return self.fc2(x[..., :0])
         h = self.dropout2(self.activation_fn(self.fc1(x)))
         unit_mask = self._mask(self.ffn_unit_gate, self.ffn_layer_gate)
-        if unit_mask is not None:
-            h = h * unit_mask.to(h.dtype)
-        return self.fc2(h)
+        if unit_mask is None:
+            return self.fc2(h)
+        # scaling the hidden units == scaling the columns of fc2 (a weight-sized product)
+        return F.linear(h, self.fc2.weight * unit_mask.to(h.dtype), self.fc2.bias)
 
     def forward(
         self,

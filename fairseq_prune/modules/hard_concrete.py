@@ -31,6 +31,9 @@ class HardConcrete(nn.Module):
         limit_l, limit_r: the stretch interval (l, r) = (-0.1, 1.1) in Louizos et al.
         init_log_alpha: initial value of every ``log_alpha``. At the default 3.0 the deterministic mask is
             all ones (nothing pruned) and a training draw is exactly 1 for about 80% of the units.
+        log_alpha_limit: :meth:`constrain_` keeps ``log_alpha`` in ``[-limit, limit]`` (0: no limit). Beyond
+            about |5| a gate is all but deterministic, while its gradient keeps shrinking: without a limit, gates
+            drift so far that the sparsity constraint can no longer move them.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class HardConcrete(nn.Module):
         limit_l: float = -0.1,
         limit_r: float = 1.1,
         init_log_alpha: float = 3.0,
+        log_alpha_limit: float = 0.0,
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
@@ -54,6 +58,7 @@ class HardConcrete(nn.Module):
         self.limit_l = limit_l
         self.limit_r = limit_r
         self.eps = eps
+        self.log_alpha_limit = log_alpha_limit
         self.log_alpha = nn.Parameter(torch.full((n,), float(init_log_alpha)))
         # fairseq's composite optimizer reads this attribute to put the parameter into its own group
         self.log_alpha.param_group = PRUNING_PARAM_GROUP
@@ -86,6 +91,12 @@ class HardConcrete(nn.Module):
         if self._draw is None:
             self._draw = self.sample()
         return self._draw
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        """Project ``log_alpha`` back into ``[-log_alpha_limit, log_alpha_limit]`` (after an optimizer step)."""
+        if self.log_alpha_limit > 0:
+            self.log_alpha.clamp_(-self.log_alpha_limit, self.log_alpha_limit)
 
     def clear(self) -> None:
         """Forget the cached training draw (call once per forward pass)."""

@@ -39,6 +39,7 @@ class PruningPlan:
     gate_limit_l: float = -0.1
     gate_limit_r: float = 1.1
     gate_init_log_alpha: float = 3.0
+    gate_log_alpha_limit: float = 6.0
 
     def make_gate(self, n: int) -> HardConcrete:
         return HardConcrete(
@@ -47,6 +48,7 @@ class PruningPlan:
             limit_l=self.gate_limit_l,
             limit_r=self.gate_limit_r,
             init_log_alpha=self.gate_init_log_alpha,
+            log_alpha_limit=self.gate_log_alpha_limit,
         )
 
     @property
@@ -172,6 +174,12 @@ class PrunableWav2Vec2Model(Wav2Vec2Model):
             )
             mask_channel_indices = torch.from_numpy(mask_channel_indices).to(x.device).unsqueeze(1).expand(-1, T, -1)
         return super().apply_mask(x, padding_mask, mask_indices, mask_channel_indices)
+
+    def constrain_gates_(self) -> None:
+        """Keep every gate's ``log_alpha`` within its limit (the audio_pruning task calls this after each
+        optimizer step: projected gradient descent)."""
+        for g in self.gates():
+            g.constrain_()
 
     # ------------------------------------------------------------------------------------------ inspection
     def conv_gates(self) -> List[Optional[HardConcrete]]:

@@ -11,6 +11,9 @@ Training steps draw wav2vec2's time/channel masks and layerdrop from NumPy's glo
 does not reseed per update (it does reseed torch's, which drives dropout and the gates' samples). This task
 seeds NumPy from ``(seed, update, rank)`` for each step, so that a run resumed from ``checkpoint_last.pt``
 follows the same trajectory as an uninterrupted one.
+
+After each optimizer step the gates' ``log_alpha`` are projected back into their range
+(``model.gate_log_alpha_limit``), which keeps every gate within reach of the sparsity constraint.
 """
 from dataclasses import dataclass
 
@@ -52,6 +55,15 @@ class AudioPruningTask(AudioFinetuningTask):
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         with data_utils.numpy_seed(self.cfg.seed, update_num, rank):
             return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def optimizer_step(self, optimizer, model, update_num):
+        super().optimizer_step(optimizer, model, update_num)
+        inner = model
+        while hasattr(inner, "module"):
+            inner = inner.module
+        w2v = getattr(getattr(inner, "w2v_encoder", None), "w2v_model", None)
+        if hasattr(w2v, "constrain_gates_"):
+            w2v.constrain_gates_()
 
     def valid_step(self, sample, model, criterion):
         recorder = _OutputRecorder(model)
