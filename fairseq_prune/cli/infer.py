@@ -1,0 +1,142 @@
+"""``fairseq-prune-infer``: decode a manifest subset with a CTC checkpoint, like fairseq's
+``examples/speech_recognition/new/infer.py``, and report WER, intent accuracy and speed.
+
+    fairseq-prune-infer MANIFEST_DIR --path CHECKPOINT --gen-subset test --results-path OUT [--max-tokens N]
+
+Writes ``hypo.word``, ``hypo.units``, ``ref.word``, ``ref.units`` (fairseq's format and order) and
+``summary.json`` to ``--results-path``; the last line printed is the summary. See docs/inference.md.
+"""
+import argparse
+import logging
+import math
+import sys
+from typing import Any, Dict, List, Optional
+
+from tqdm import tqdm
+
+from ..inference import (
+    POST_PROCESS_CHOICES,
+    BeamOptions,
+    InferenceConfig,
+    InferenceError,
+    run_inference,
+    summary_line,
+)
+
+logger = logging.getLogger("fairseq_prune.infer")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The command-line options (named after fairseq's, see ``--help``)."""
+    p = argparse.ArgumentParser(
+        prog="fairseq-prune-infer",
+        description="Decode a fairseq manifest subset with a wav2vec2 CTC checkpoint (ours, exported or plain "
+        "fairseq wav2vec_ctc); write fairseq infer.py's result files and print WER, intent accuracy, audio "
+        "seconds, wall seconds and real-time factor.",
+    )
+    p.add_argument("data", help="manifest directory: {subset}.tsv, {subset}.{labels}, dict.{labels}.txt")
+    p.add_argument("--path", required=True, help="model checkpoint (training checkpoint or exported model)")
+    p.add_argument("--gen-subset", default="test", help="subset to decode (default: %(default)s)")
+    p.add_argument("--labels", default=None, help="label file extension (default: the checkpoint's task.labels)")
+    p.add_argument("--results-path", default=None,
+                   help="write hypo.word, hypo.units, ref.word, ref.units and summary.json here")
+    p.add_argument("--max-tokens", type=int, default=3000000,
+                   help="max audio samples per batch, padding included; 0: no limit (default: %(default)s, as "
+                   "fairseq's infer.yaml)")
+    p.add_argument("--batch-size", type=int, default=None, help="max utterances per batch (default: no limit)")
+    p.add_argument("--cpu", action="store_true", help="decode on CPU even when a GPU is available")
+    p.add_argument("--post-process", default=None, choices=POST_PROCESS_CHOICES,
+                   help="units -> words (default: the checkpoint's criterion.post_process, else letter)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="seed of the batch order among equally long utterances (default: %(default)s, fairseq's)")
+    p.add_argument("--num-workers", type=int, default=1, help="data loading processes (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no per-utterance HYPO/REF lines and no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    lm = p.add_argument_group("beam search with a KenLM language model (needs the flashlight-text package)")
+    lm.add_argument("--decoder", choices=("viterbi", "kenlm"), default=None,
+                    help="viterbi: greedy CTC; kenlm: lexicon beam search with --kenlm-model "
+                    "(default: kenlm when --kenlm-model is given, else viterbi)")
+    lm.add_argument("--kenlm-model", default=None, help="KenLM language model (binary or ARPA) over words")
+    lm.add_argument("--lexicon", default=None, help="lexicon: a word, then its spelling in model units, per line")
+    lm.add_argument("--beam", type=int, default=5, help="beam size (default: %(default)s)")
+    lm.add_argument("--beam-threshold", type=float, default=50.0, help="beam score threshold (default: %(default)s)")
+    lm.add_argument("--beam-size-token", type=int, default=None,
+                    help="tokens considered per frame (default: all)")
+    lm.add_argument("--lm-weight", type=float, default=2.0, help="language model weight (default: %(default)s)")
+    lm.add_argument("--word-score", type=float, default=-1.0, help="word insertion score (default: %(default)s)")
+    lm.add_argument("--unk-weight", type=float, default=-math.inf,
+                    help="score of unknown words (default: %(default)s)")
+    lm.add_argument("--sil-weight", type=float, default=0.0, help="silence score (default: %(default)s)")
+    return p
+
+
+def beam_options(args: argparse.Namespace) -> Optional[BeamOptions]:
+    """Beam-search options, or ``None`` for greedy decoding; :class:`InferenceError` for inconsistent flags."""
+    decoder = args.decoder or ("kenlm" if args.kenlm_model or args.lexicon else "viterbi")
+    if decoder == "viterbi":
+        if args.kenlm_model or args.lexicon:
+            raise InferenceError("--decoder viterbi does not use --kenlm-model/--lexicon; drop them or use --decoder kenlm")
+        return None
+    if not args.kenlm_model or not args.lexicon:
+        missing = "--kenlm-model" if not args.kenlm_model else "--lexicon"
+        raise InferenceError(f"beam-search decoding needs both --kenlm-model and --lexicon; {missing} is missing")
+    return BeamOptions(
+        kenlm_model=args.kenlm_model,
+        lexicon=args.lexicon,
+        beam=args.beam,
+        beam_threshold=args.beam_threshold,
+        beam_size_token=args.beam_size_token,
+        lm_weight=args.lm_weight,
+        word_score=args.word_score,
+        unk_weight=args.unk_weight,
+        sil_weight=args.sil_weight,
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> InferenceConfig:
+    return InferenceConfig(
+        data=args.data,
+        path=args.path,
+        gen_subset=args.gen_subset,
+        labels=args.labels,
+        results_path=args.results_path,
+        max_tokens=args.max_tokens if args.max_tokens and args.max_tokens > 0 else None,
+        batch_size=args.batch_size,
+        cpu=args.cpu,
+        post_process=args.post_process,
+        seed=args.seed,
+        num_workers=args.num_workers,
+        beam=beam_options(args),
+        quiet=args.quiet,
+        progress=not args.no_progress,
+    )
+
+
+def main(args: argparse.Namespace) -> Dict[str, Any]:
+    """Decode as ``args`` say, print the summary line last, and return the summary (also ``summary.json``)."""
+    summary = run_inference(config_from_args(args), log=lambda line: tqdm.write(line, file=sys.stderr))
+    if args.results_path:
+        logger.info("wrote hypo.word, hypo.units, ref.word, ref.units and summary.json to %s", args.results_path)
+    print(summary_line(summary), flush=True)
+    return summary
+
+
+def cli_main(argv: Optional[List[str]] = None) -> None:
+    """Console-script entry point: bad input ends with one ``error:`` line on stderr and exit status 2 (other
+    failures raise with a traceback)."""
+    logging.basicConfig(
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stderr,
+        force=True,
+    )
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except InferenceError as e:
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line
+        parser.exit(2, f"fairseq-prune-infer: error: {message}\n")
+
+
+if __name__ == "__main__":
+    cli_main()
