@@ -15,11 +15,11 @@ _save = checkpoint_utils.save_checkpoint
 
 
 def save_checkpoint(cfg, trainer, epoch_itr, val_loss):
-    rank = cfg.distributed_training.distributed_rank
+    rank = trainer.cfg.distributed_training.distributed_rank  # cfg is the checkpoint section
     params = {f"model.{k}": v.detach().clone() for k, v in trainer.get_model().state_dict().items()}
     params.update({f"criterion.{k}": v.detach().clone() for k, v in trainer.get_criterion().state_dict().items()})
-    os.makedirs(cfg.checkpoint.save_dir, exist_ok=True)
-    torch.save(params, os.path.join(cfg.checkpoint.save_dir, f"rank{rank}_params.pt"))
+    os.makedirs(cfg.save_dir, exist_ok=True)
+    torch.save(params, os.path.join(cfg.save_dir, f"rank{rank}_params.pt"))
     return _save(cfg, trainer, epoch_itr, val_loss)
 
 

@@ -113,8 +113,7 @@ def padded_batch(lengths: List[int], seed: int = 0):
 
 def run(cmd: List[str], cwd: str = REPO, timeout: int = 600, env: Optional[dict] = None) -> subprocess.CompletedProcess:
     """Run a command of the venv, failing the test with its output when it fails."""
-    full_env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    full_env["PATH"] = VENV_BIN + os.pathsep + full_env.get("PATH", "")
+    full_env = _env()
     full_env.update(env or {})
     p = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0:
@@ -136,10 +135,10 @@ def log_records(text: str, kind: str) -> List[dict]:
     return out
 
 
-def hydra_train(config: str, data: str, w2v: str, save_dir: str, *overrides: str, timeout: int = 900,
-                launcher: Optional[List[str]] = None) -> str:
-    """Run ``fairseq-hydra-train --user-dir`` on a mini recipe; returns stdout + stderr."""
-    cmd = (launcher or ["fairseq-hydra-train"]) + [
+def hydra_train_command(config: str, data: str, w2v: str, save_dir: str, *overrides: str) -> List[str]:
+    """``fairseq-hydra-train --user-dir`` on a mini recipe, with a data folder of ``train``/``valid`` subsets."""
+    return [
+        "fairseq-hydra-train",
         "--config-dir", MINI_RECIPES,
         "--config-name", config,
         f"common.user_dir={REPO}/fairseq_prune",
@@ -147,8 +146,33 @@ def hydra_train(config: str, data: str, w2v: str, save_dir: str, *overrides: str
         f"model.w2v_path={w2v}",
         f"checkpoint.save_dir={save_dir}",
         f"hydra.run.dir={save_dir}/hydra",
+        "dataset.train_subset=train",
+        "dataset.valid_subset=valid",
         "common.log_interval=10",
         *overrides,
     ]
-    p = run(cmd, timeout=timeout)
+
+
+def hydra_train(config: str, data: str, w2v: str, save_dir: str, *overrides: str, timeout: int = 900) -> str:
+    """Train with ``fairseq-hydra-train`` on a mini recipe; returns stdout + stderr."""
+    p = run(hydra_train_command(config, data, w2v, save_dir, *overrides), timeout=timeout)
     return p.stdout + p.stderr
+
+
+def _env() -> dict:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def start(cmd: List[str]) -> subprocess.Popen:
+    """Start a command of the venv in the background (one thread), output captured."""
+    return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(p: subprocess.Popen, timeout: int = 900) -> str:
+    """Wait for a command started with :func:`start`; fail with its output if it failed."""
+    out = p.communicate(timeout=timeout)[0]
+    if p.returncode != 0:
+        raise AssertionError(f"{' '.join(p.args)} failed ({p.returncode}):\n{out[-8000:]}")
+    return out

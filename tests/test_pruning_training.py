@@ -11,26 +11,36 @@ import torch
 
 from fairseq_prune.criterions.ctc_pruning import CtcPruningCriterion, CtcPruningCriterionConfig
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
-from helpers import REPO, VENV_BIN, build, hydra_train, log_records
+from helpers import REPO, VENV_BIN, build, finish, hydra_train, hydra_train_command, log_records, start
 
-FAST = ["optimization.max_update=600", "criterion.target_warmup_updates=300", "dataset.validate_interval_updates=600"]
+BUDGET_RUNS = {
+    "hj_macs": ({"": 0.5}, []),
+    "hj_size": ({"": 0.5}, []),
+    "hj_sep_size": ({"_cnn": 0.5, "_transformer": 0.6}, ["criterion.target_cnn=0.5", "criterion.target_transformer=0.6"]),
+}
+
+
+@pytest.fixture(scope="module")
+def budget_runs(tmp_path_factory, small_w2v, noise_data):
+    """The three budgets trained at once (one thread each): 1,500 updates, target warm-up over the first 600."""
+    root = tmp_path_factory.mktemp("budgets")
+    procs = {}
+    for config, (_, extra) in BUDGET_RUNS.items():
+        cmd = hydra_train_command(config, noise_data, small_w2v, str(root / config), "optimization.max_update=1500",
+                                  "criterion.target_warmup_updates=600", "dataset.max_tokens=80000",
+                                  "common.log_interval=100", "dataset.validate_interval_updates=1500", *extra)
+        procs[config] = start(cmd)
+    return {config: finish(p, timeout=1200) for config, p in procs.items()}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "config,targets",
-    [
-        ("hj_macs", {"": 0.5}),
-        ("hj_size", {"": 0.5}),
-        ("hj_sep_size", {"_cnn": 0.5, "_transformer": 0.6}),
-    ],
-)
-def test_budget_is_met_while_ctc_loss_falls(tmp_path, small_w2v, noise_data, config, targets):
-    extra = ["criterion.target_cnn=0.5", "criterion.target_transformer=0.6"] if config == "hj_sep_size" else []
-    out = hydra_train(config, noise_data, small_w2v, str(tmp_path / "ckpt"), *FAST, *extra)
+@pytest.mark.parametrize("config", sorted(BUDGET_RUNS))
+def test_budget_is_met_while_ctc_loss_falls(budget_runs, config):
+    out = budget_runs[config]
+    targets, _ = BUDGET_RUNS[config]
     records = log_records(out, "train_inner")
     first, last = records[0], records[-1]
-    assert int(last["num_updates"]) == 600
+    assert int(last["num_updates"]) == 1500
     for suffix, target in targets.items():
         assert float(last[f"target{suffix}"]) == target
         assert abs(float(last[f"exp_ratio{suffix}"]) - target) <= 0.03, last

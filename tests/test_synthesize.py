@@ -1,0 +1,243 @@
+"""manifests/synthesize.py: determinism (same seed => same bytes, any worker count), both source layouts, held-out
+speakers, audio format, text variety, and its errors (nothing half-written)."""
+import json
+import os
+import random
+import re
+import subprocess
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from manifest_fixtures import (  # noqa: F401  (fixtures)
+    LIBRI_SUBSETS,
+    assert_one_error,
+    call,
+    libri_corpus,
+    read_lines,
+    slurp_corpus,
+    snapshot,
+)
+from manifests import synth_text, synthesize
+
+TINY = {
+    "librispeech": ["--train-utts", "6", "--dev-utts", "2", "--test-utts", "2",
+                    "--train-speakers", "2", "--dev-speakers", "1", "--test-speakers", "1"],
+    "slurp": ["--train-utts", "6", "--synthetic-utts", "2", "--dev-utts", "2", "--test-utts", "2",
+              "--train-speakers", "2", "--dev-speakers", "2", "--test-speakers", "2"],
+}
+LETTERS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
+
+
+def generate(layout: str, out: str, *extra: str) -> None:
+    argv = ["--layout", layout, "--out", out] + TINY[layout] + list(extra)
+    synthesize.run(synthesize.get_parser().parse_args(argv))
+
+
+def text_files(snap):
+    return {k: v for k, v in snap.items() if not k.endswith(".flac")}
+
+
+@pytest.mark.parametrize("layout", ["librispeech", "slurp"])
+def test_same_seed_same_bytes_any_worker_count(layout, tmp_path):
+    generate(layout, str(tmp_path / "a"), "--seed", "3", "--workers", "2")
+    generate(layout, str(tmp_path / "b"), "--seed", "3", "--workers", "1")
+    generate(layout, str(tmp_path / "c"), "--seed", "4", "--workers", "2")
+    a, b, c = (snapshot(str(tmp_path / n)) for n in "abc")
+    assert sum(k.endswith(".flac") for k in a) >= 10
+    assert a == b  # transcripts, jsonl and every FLAC byte: espeak-ng is bit-stable here
+    assert text_files(a) != text_files(c)
+
+
+def test_parse_wav_reads_espeak_output():
+    wav = subprocess.run(["espeak-ng", "-v", "en-us", "--stdout", "hello"], capture_output=True, check=True).stdout
+    rate, pcm = synthesize.parse_wav(wav)
+    assert rate == 22050 and pcm.dtype == np.dtype("<i2") and pcm.size > rate // 4
+    with pytest.raises(ValueError):
+        synthesize.parse_wav(b"RIFF\x00\x00\x00\x00WAVEdata")
+
+
+def _flacs(folder):
+    return sorted(os.path.join(d, n) for d, _, names in os.walk(folder) for n in names if n.endswith(".flac"))
+
+
+def _check_audio(paths):
+    for path in paths:
+        info = sf.info(path)
+        assert (info.samplerate, info.channels, info.subtype, info.format) == (16000, 1, "PCM_16", "FLAC")
+        data, _ = sf.read(path, dtype="int16")
+        peak = np.abs(data.astype(np.int32)).max()
+        assert 0.3 * 32768 < peak < 32767, path  # scaled to the speaker's level, never clipped
+
+
+def test_librispeech_layout(libri_corpus):
+    assert sorted(n for n in os.listdir(libri_corpus) if os.path.isdir(os.path.join(libri_corpus, n))) == sorted(
+        LIBRI_SUBSETS)
+    speakers = {}
+    sentences = {}
+    for subset in LIBRI_SUBSETS:
+        flacs = _flacs(os.path.join(libri_corpus, subset))
+        assert len(flacs) == {"train-clean-100": 16, "dev-clean": 4, "test-clean": 4}[subset]
+        _check_audio(flacs)
+        texts = {}
+        for flac in flacs:
+            spk, chapter, name = flac.split(os.sep)[-3:]
+            assert re.fullmatch(rf"{spk}-{chapter}-\d{{4}}\.flac", name)
+            trans = os.path.join(os.path.dirname(flac), f"{spk}-{chapter}.trans.txt")
+            texts.update(line.split(" ", 1) for line in read_lines(trans))
+        assert sorted(texts) == sorted(os.path.basename(f)[:-5] for f in flacs)  # one line per file, no more
+        for text in texts.values():
+            assert set(text.replace(" ", "")) <= LETTERS and text == text.upper() and len(text.split()) >= 5
+        speakers[subset] = {os.path.basename(f).split("-")[0] for f in flacs}
+        sentences[subset] = set(texts.values())
+    train = speakers["train-clean-100"]
+    assert len(train) == 3 and not train & speakers["dev-clean"] and not train & speakers["test-clean"]
+    assert not sentences["train-clean-100"] & (sentences["dev-clean"] | sentences["test-clean"])
+    with open(os.path.join(libri_corpus, "synthesis.json")) as f:
+        settings = json.load(f)
+    voices = defaultdict(set)
+    for s in settings["speakers"]:
+        voices[s["split"]].add((s["voice"], s["variant"]))
+    assert not voices["train"] & voices["dev"] and not voices["train"] & voices["test"]
+    assert len(read_lines(os.path.join(libri_corpus, "SPEAKERS.TXT"))) == 2 + 7
+
+
+def test_slurp_layout(slurp_corpus):
+    data = os.path.join(slurp_corpus, "dataset", "slurp")
+    records = {name: [json.loads(line) for line in read_lines(os.path.join(data, name + ".jsonl"))]
+               for name in ("train", "train_synthetic", "devel", "test")}
+    assert [len(records[n]) for n in ("train", "train_synthetic", "devel", "test")] == [24, 6, 12, 12]
+    with open(os.path.join(data, "metadata.json")) as f:
+        metadata = json.load(f)
+    speakers = defaultdict(set)
+    for name, recs in records.items():
+        sub = "slurp_synth" if name == "train_synthetic" else "slurp_real"
+        for r in recs:
+            assert {"slurp_id", "sentence", "sentence_annotation", "intent", "action", "tokens", "scenario",
+                    "recordings", "entities"} <= set(r)
+            assert r["intent"] == f"{r['scenario']}_{r['action']}"
+            assert [t["surface"] for t in r["tokens"]] == r["sentence"].rstrip("?").split()
+            for e in r["entities"]:
+                filler = " ".join(r["tokens"][i]["surface"] for i in e["span"])
+                assert f"[{e['type']} : {filler}]" in r["sentence_annotation"]
+            files = [rec["file"] for rec in r["recordings"]]
+            assert 1 <= len(files) <= (1 if name == "train_synthetic" else 2)
+            _check_audio(os.path.join(slurp_corpus, "audio", sub, f) for f in files)
+            if name != "train_synthetic":
+                users = [metadata[str(r["slurp_id"])]["recordings"][f]["usrid"] for f in files]
+                assert len(set(users)) == len(users)  # each recording by a different speaker
+                speakers[name] |= set(users)
+    assert not speakers["train"] & (speakers["devel"] | speakers["test"])
+    train_intents = Counter(r["intent"] for r in records["train"])
+    assert len(train_intents) >= 12 and max(train_intents.values()) - min(train_intents.values()) <= 1
+    assert len({i.split("_")[0] for i in train_intents}) >= 5
+    all_sentences = [r["sentence"] for recs in records.values() for r in recs]
+    assert len(set(all_sentences)) == len(all_sentences)
+
+
+def test_commands_make_intent_classification_non_trivial():
+    rng = random.Random(0)
+    names = synth_text.intents()
+    assert len(names) >= 12 and len({n.split("_")[0] for n in names}) >= 5
+    cmds = [synth_text.command(names[i % len(names)], rng) for i in range(3000)]
+    # the first word alone is a poor classifier: best intent per first word is right for well under half
+    by_first = defaultdict(Counter)
+    for c in cmds:
+        by_first[c.tokens[0]][c.intent] += 1
+    assert sum(max(v.values()) for v in by_first.values()) / len(cmds) < 0.5
+    # the same words and slot fillers serve several intents
+    intents_of = defaultdict(set)
+    for c in cmds:
+        for w in c.tokens:
+            intents_of[w].add(c.intent)
+    for word in ("turn", "the", "on", "off", "alarm", "lights", "calendar", "tomorrow", "london"):
+        assert len(intents_of[word]) >= 2, word
+    assert len({c.sentence for c in cmds}) > 2000
+    # minimal pairs: sentences of different intents that differ in one word ("turn the lights on/off/down in ...")
+    confusable = set()
+    patterns = defaultdict(set)
+    for c in cmds:
+        for i in range(len(c.tokens)):
+            patterns[(tuple(c.tokens[:i]), tuple(c.tokens[i + 1:]))].add(c.intent)
+    for found in patterns.values():
+        confusable |= {(a, b) for a in found for b in found if a < b}
+    assert len(confusable) >= 6, confusable
+
+
+def test_story_sentences_vary_over_a_few_hundred_words():
+    vocabulary = synth_text.story_vocabulary()
+    assert 300 <= len(vocabulary) <= 1000
+    rng = random.Random(1)
+    sentences = [synth_text.story_sentence(rng) for _ in range(1000)]
+    assert len(set(sentences)) > 990
+    used = {w for s in sentences for w in s.split()}
+    assert used <= set(vocabulary) and len(used) > 300
+    assert any("'" in s for s in sentences)
+    for s in sentences:
+        assert 5 <= len(s.split()) <= 16 and set(s.upper().replace(" ", "")) <= LETTERS
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+def test_refuses_a_non_empty_out_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "corpus"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    argv = ["--layout", "librispeech", "--out", str(out)] + TINY["librispeech"]
+    code, _, err = call(synthesize, argv, capsys)
+    assert_one_error(code, err, str(out), "--overwrite")
+    assert snapshot(str(out)) == {"keep.txt": b"mine"}
+    code, out_text, err = call(synthesize, argv + ["--overwrite"], capsys)
+    assert code == 0, err
+    assert "keep.txt" not in os.listdir(out) and "train-clean-100" in os.listdir(out)
+    assert "10 recordings" in out_text and not [n for n in os.listdir(tmp_path) if n.startswith(".partial")]
+
+
+def test_failure_midway_leaves_nothing(tmp_path, capsys, monkeypatch):
+    real = synthesize.synthesize
+    calls = []
+
+    def flaky(job):
+        calls.append(job)
+        if len(calls) == 4:
+            raise RuntimeError("espeak-ng crashed")
+        return real(job)
+
+    monkeypatch.setattr(synthesize, "synthesize", flaky)
+    out = tmp_path / "sub" / "corpus"
+    code, _, err = call(synthesize, ["--layout", "slurp", "--out", str(out), "--workers", "1"] + TINY["slurp"], capsys)
+    assert_one_error(code, err, "synthesis failed", "espeak-ng crashed", ".flac")
+    assert os.listdir(tmp_path) == []  # neither the corpus, nor its parent, nor a temporary folder
+
+
+def test_missing_espeak_ng(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(synthesize, "ESPEAK", "espeak-ng-not-installed")
+    code, _, err = call(synthesize, ["--layout", "slurp", "--out", str(tmp_path / "c")], capsys)
+    assert_one_error(code, err, "espeak-ng-not-installed", "not found", "apt-get install espeak-ng")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--train-utts", "0"], "--train-utts must be at least 1"),
+    (["--synthetic-utts", "5"], "--synthetic-utts is for --layout slurp"),
+    (["--train-speakers", "500"], "voice+variant pairs"),
+    (["--workers", "0"], "--workers"),
+])
+def test_bad_sizes(tmp_path, capsys, argv, fragment):
+    code, _, err = call(synthesize, ["--layout", "librispeech", "--out", str(tmp_path / "c")] + argv, capsys)
+    assert_one_error(code, err, fragment)
+    assert os.listdir(tmp_path) == []
+
+
+def test_defaults_match_the_readme():
+    """The README states the default sizes; keep them in step with the code."""
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(synthesize.__file__)), "manifests", "README.md")).read()
+    p = synthesize.get_parser().parse_args(["--layout", "slurp", "--out", "x"])
+    assert p.train_speakers == 40 and p.dev_speakers == 10 and p.test_speakers == 10 and p.max_recordings == 2
+    assert synthesize.DEFAULTS["librispeech"] == dict(train_utts=1800, dev_utts=180, test_utts=180, synthetic_utts=0)
+    assert synthesize.DEFAULTS["slurp"] == dict(train_utts=1000, dev_utts=120, test_utts=120, synthetic_utts=200)
+    for fragment in ("1,800", "180", "1,000", "120", "200", "40 / 10 / 10"):
+        assert fragment in readme, fragment
