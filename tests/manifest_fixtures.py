@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # ``import manifests`` from any working directory
     sys.path.insert(0, REPO)
 
-from manifests import librispeech, slurp, synthesize  # noqa: E402
+from manifests import synthesize  # noqa: E402
 
 #: fairseq's own manifest scripts, found without importing fairseq (which takes seconds)
 FAIRSEQ_W2V = os.path.join(importlib.util.find_spec("fairseq").submodule_search_locations[0], "examples", "wav2vec")

@@ -89,8 +89,9 @@ def test_summary_counts_hours_and_rows(libri_corpus, tmp_path, capsys):
 
 
 def test_dict_subset_default_and_flag(libri_corpus, tmp_path, capsys):
-    assert librispeech.choose_dict_subset(["dev-clean", "train-other-500", "train-clean-100"], None) == "train-other-500"
-    assert librispeech.choose_dict_subset(["dev-clean", "test-clean"], None) == "dev-clean"
+    choose = librispeech.choose_dict_subset
+    assert choose(["dev-clean", "train-other-500", "train-clean-100"], None) == "train-other-500"
+    assert choose(["dev-clean", "test-clean"], None) == "dev-clean"
     dest = str(tmp_path / "m")
     code, out, _ = call(librispeech, [libri_corpus, TRAIN, "dev-clean", "--dest", dest, "--dict-subset", "dev-clean"],
                         capsys)
@@ -112,7 +113,8 @@ def test_runs_as_a_script(libri_corpus, tmp_path):
     bad = subprocess.run([sys.executable, script, libri_corpus, "dev-other", "--dest", str(tmp_path / "n")],
                          capture_output=True, text=True, cwd=str(tmp_path))
     assert bad.returncode == 1
-    assert bad.stderr.strip().splitlines() == [f"error: {os.path.join(libri_corpus, 'dev-other')}: subset folder not found"]
+    missing = os.path.join(libri_corpus, "dev-other")
+    assert bad.stderr.strip().splitlines() == [f"error: {missing}: subset folder not found"]
 
 
 # --------------------------------------------------------------------------------------------- bad input: fatal

@@ -91,7 +91,8 @@ def test_dictionary_contains_every_intent(slurp_corpus, prepared):
     assert set(symbols) - intents - {"|"} <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
     counts = Counter(u for line in read_lines(os.path.join(dest, "train.ltr")) for u in line.split())
     assert {s: int(c) for s, c in (line.split() for line in dict_lines)} == {s: counts.get(s, 0) for s in symbols}
-    assert [int(line.split()[1]) for line in dict_lines] == sorted((int(l.split()[1]) for l in dict_lines), reverse=True)
+    values = [int(line.split()[1]) for line in dict_lines]
+    assert values == sorted(values, reverse=True)
     d = Dictionary.load(os.path.join(dest, "dict.ltr.txt"))
     for split in SPLITS:
         for line in read_lines(os.path.join(dest, f"{split}.ltr")):
@@ -240,7 +241,8 @@ def test_missing_synthetic_jsonl_unless_excluded(slurp_copy, tmp_path, capsys):
     ('{"slurp_id": 1, "sentence": "hello"', ["not valid JSON"]),
     ('["a list"]', ["expected a JSON object"]),
     ('{"sentence": "turn it up", "recordings": [{"file": "a.flac"}]}', ["field 'intent' is missing"]),
-    ('{"sentence": "turn it up", "intent": "Audio Volume Up", "recordings": []}', ["'Audio Volume Up'", "scenario_action"]),
+    ('{"sentence": "turn it up", "intent": "Audio Volume Up", "recordings": []}',
+     ["'Audio Volume Up'", "scenario_action"]),
     ('{"sentence": 5, "intent": "audio_volume_up", "recordings": []}', ["field 'sentence' should be a str"]),
     ('{"sentence": "x", "intent": "audio_volume_up", "recordings": "a.flac"}', ["field 'recordings' should be a list"]),
     ('{"sentence": "x", "intent": "audio_volume_up", "recordings": [{"wer": 0}]}', ["'recordings'[0] has no 'file'"]),
