@@ -14,5 +14,15 @@ test: setup
 demo: setup
 	$(PY) scripts/demo.py
 
+# all methods of the paper at 2-3 targets on the mini corpora (long: see README)
+study: setup
+	$(PY) scripts/study.py
+
+# benchmarks that print numbers: inference speed (exported vs dense, wav2vec2-base size) and training overhead
+bench: setup
+	@mkdir -p results
+	$(PY) benchmarks/bench_inference.py --json results/bench_inference.json
+	$(PY) benchmarks/bench_training.py --json results/bench_training.json
+
 clean:
 	rm -rf results work

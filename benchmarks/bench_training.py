@@ -19,13 +19,10 @@ from typing import Dict, Tuple
 
 import torch
 
-SIZES = {
-    # the demo's model (see scripts/make_start_model.py)
-    "mini": dict(encoder_layers=4, encoder_embed_dim=256, encoder_ffn_embed_dim=1024, encoder_attention_heads=4,
-                 conv_feature_layers="[(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] * 2", conv_pos=64,
-                 conv_pos_groups=16),
-    "base": {},
-}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+from mini import MINI_W2V  # noqa: E402  (the demo's model)
+
+SIZES = {"mini": MINI_W2V, "base": {}}
 LETTERS = list("|ETAONIHSRDLUMWCFGYPBVKXJQZ'")
 
 

@@ -190,7 +190,7 @@ def test_two_process_gloo_training_keeps_gates_and_lambdas_identical(tmp_path, s
             "distributed_training.distributed_world_size=2", "distributed_training.distributed_backend=gloo",
             f"distributed_training.distributed_init_method=tcp://127.0.0.1:{port}",
             f"distributed_training.distributed_rank={rank}", "distributed_training.distributed_no_spawn=true",
-            "distributed_training.device_id=0",
+            "distributed_training.device_id=0", "dataset.train_subset=train", "dataset.valid_subset=valid",
         ]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
                    PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))

@@ -1,0 +1,105 @@
+"""Regenerate the demo's starting model, ``assets/start_model/wav2vec_ctc_mini.pt``.
+
+No pretrained wav2vec2 can be downloaded here, so the demo starts from a small model made by this script:
+
+1. synthesise the mini LibriSpeech and mini SLURP corpora and write their manifests (scripts/mini.py);
+2. join their *training* subsets into one manifest, with one letter + intent dictionary (dev subsets for
+   validation; the test subsets are never seen);
+3. write a randomly initialised mini wav2vec2 pre-training checkpoint with fairseq's own classes;
+4. fine-tune it densely with CTC using fairseq's own ``wav2vec_ctc`` model (``fairseq-hydra-train``, the
+   ``examples/mini/dense.yaml`` recipe) for ``--updates`` updates;
+5. keep the best checkpoint's weights in float16, without optimizer state: a normal fairseq ``wav2vec_ctc``
+   checkpoint, which ``model.w2v_path`` accepts (pruning an already fine-tuned model).
+
+    python scripts/make_start_model.py [--updates 3000] [--work work/start_model]
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mini import MINI_W2V, PY, REPO, START_MODEL, SUBSETS, log, prepare_corpora, run  # noqa: E402
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default=os.path.join(REPO, "work", "start_model"), help="scratch folder")
+    p.add_argument("--corpora-work", default=os.path.join(REPO, "work", "demo"),
+                   help="where the synthetic corpora and manifests live (shared with the demo)")
+    p.add_argument("--updates", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", default=START_MODEL)
+    return p
+
+
+def join_training_manifests(manifests: dict, dest: str) -> str:
+    """``train``/``valid`` manifests over both corpora (absolute paths under root ``/``) and their dictionary."""
+    os.makedirs(dest, exist_ok=True)
+    counts = Counter()
+    for split, key in (("train", "train"), ("valid", "valid")):
+        rows, labels = [], []
+        for corpus, folder in manifests.items():
+            subset = SUBSETS[corpus][key]
+            with open(os.path.join(folder, f"{subset}.tsv")) as f:
+                lines = f.read().splitlines()
+            rows += [os.path.join(lines[0], line) for line in lines[1:]]
+            with open(os.path.join(folder, f"{subset}.ltr")) as f:
+                labels += f.read().splitlines()
+        if split == "train":
+            for line in labels:
+                counts.update(line.split())
+        with open(os.path.join(dest, f"{split}.tsv"), "w") as f:
+            f.write("/\n" + "\n".join(rows) + "\n")
+        with open(os.path.join(dest, f"{split}.ltr"), "w") as f:
+            f.write("\n".join(labels) + "\n")
+    with open(os.path.join(dest, "dict.ltr.txt"), "w") as f:
+        f.writelines(f"{s} {n}\n" for s, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return dest
+
+
+def main(args: argparse.Namespace) -> None:
+    from fairseq_prune.checkpoints import save_atomic, write_wav2vec2_checkpoint
+
+    t0 = time.time()
+    manifests = prepare_corpora(args.corpora_work, seed=args.seed)
+    data = join_training_manifests(manifests, os.path.join(args.work, "manifest"))
+    init = os.path.join(args.work, "w2v_init.pt")
+    write_wav2vec2_checkpoint(init, MINI_W2V, seed=args.seed)
+    save = os.path.join(args.work, "train")
+    shutil.rmtree(save, ignore_errors=True)
+    log(f"fine-tuning the mini wav2vec2 with fairseq's wav2vec_ctc for {args.updates} updates (log: {save}/train.log)")
+    out = run([PY, "-m", "fairseq_cli.hydra_train", "--config-dir", "examples/mini", "--config-name", "dense",
+               f"common.user_dir={REPO}/fairseq_prune", f"task.data={data}", f"model.w2v_path={init}",
+               "model._name=wav2vec_ctc", "task._name=audio_finetuning", "dataset.train_subset=train",
+               "dataset.valid_subset=valid", f"optimization.max_update={args.updates}",
+               f"dataset.validate_interval_updates={max(args.updates // 6, 1)}", f"common.seed={args.seed}",
+               f"checkpoint.save_dir={save}", f"hydra.run.dir={save}/hydra"],
+              log_file=os.path.join(save, "train.log"))
+    valid = [json.loads(line.split(" - ", 1)[1]) for line in out.splitlines() if "[valid][INFO] - {" in line]
+    state = torch.load(os.path.join(save, "checkpoint_best.pt"), weights_only=False)
+    state["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    state["last_optimizer_state"] = None
+    state["criterion"] = None
+    state["start_model"] = {
+        "made_by": "scripts/make_start_model.py",
+        "updates": args.updates,
+        "seed": args.seed,
+        "architecture": MINI_W2V,
+        "valid": valid[-1] if valid else None,
+        "minutes": round((time.time() - t0) / 60, 1),
+    }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    save_atomic(state, args.out, force=True)
+    shutil.copy(os.path.join(data, "dict.ltr.txt"), os.path.join(os.path.dirname(args.out), "dict.ltr.txt"))
+    log(f"wrote {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MB) in {state['start_model']['minutes']} min; "
+        f"last validation: {state['start_model']['valid']}")
+
+
+if __name__ == "__main__":
+    main(get_parser().parse_args())

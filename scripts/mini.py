@@ -1,0 +1,199 @@
+"""What `make demo`, `make study` and the start-model script share: the mini wav2vec2 architecture and the
+preparation of the two synthetic corpora with the project's own corpus scripts (the same code a user runs on
+the real LibriSpeech and SLURP)."""
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+#: the mini wav2vec2 (fairseq Wav2Vec2Config fields): 4 Transformer layers of 256, 4 heads of 64, FFN 1024,
+#: 7 conv layers of 128 channels. Like wav2vec2-base, the CNN is a large share of the compute (41% of the MACs
+#: at 10 s; base: 33%) and a small share of the parameters (7%; base: 4.5%).
+MINI_W2V = dict(
+    encoder_layers=4,
+    encoder_embed_dim=256,
+    encoder_ffn_embed_dim=1024,
+    encoder_attention_heads=4,
+    conv_feature_layers="[(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] * 2",
+    conv_pos=64,
+    conv_pos_groups=16,
+)
+
+#: the subsets of the synthetic corpora (LibriSpeech and SLURP names)
+SUBSETS = {
+    "librispeech": {"train": "train-clean-100", "valid": "dev-clean", "test": "test-clean"},
+    "slurp": {"train": "train", "valid": "devel", "test": "test"},
+}
+
+START_MODEL = os.path.join(REPO, "assets", "start_model", "wav2vec_ctc_mini.pt")
+START_DICT = os.path.join(REPO, "assets", "start_model", "dict.ltr.txt")
+
+
+def log(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def run(cmd: List[str], log_file: str = None, env: Dict[str, str] = None) -> str:
+    """Run a command; its output goes to ``log_file`` (if given) and is returned. Fails loudly with the tail."""
+    full_env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+    full_env["PATH"] = os.path.dirname(PY) + os.pathsep + full_env.get("PATH", "")
+    p = subprocess.run(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if log_file:
+        os.makedirs(os.path.dirname(log_file), exist_ok=True)
+        with open(log_file, "w") as f:
+            f.write(p.stdout)
+    if p.returncode != 0:
+        raise SystemExit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{p.stdout[-3000:]}")
+    return p.stdout
+
+
+def prepare_corpora(work: str, seed: int = 1) -> Dict[str, str]:
+    """Synthesise the mini LibriSpeech and mini SLURP corpora (unless already there for this seed) and write
+    their manifests with manifests/librispeech.py and manifests/slurp.py. Returns the manifest folders."""
+    corpora = os.path.join(work, "corpora")
+    out = {}
+    for layout, root_name in (("librispeech", "LibriSpeech"), ("slurp", "slurp")):
+        root = os.path.join(corpora, root_name)
+        stamp = root + ".done"  # written once synthesis finished, with the seed it used
+        if not (os.path.exists(stamp) and json.load(open(stamp)).get("seed") == seed):
+            log(f"synthesising the mini {layout} corpus with espeak-ng ({root})")
+            print(run([PY, "manifests/synthesize.py", "--layout", layout, "--out", root, "--seed", str(seed),
+                       "--overwrite"]).strip().splitlines()[-1], flush=True)
+            with open(stamp, "w") as f:
+                json.dump({"seed": seed}, f)
+        dest = os.path.join(work, "manifests", layout)
+        subsets = SUBSETS[layout]
+        if layout == "librispeech":
+            cmd = [PY, "manifests/librispeech.py", root, subsets["train"], subsets["valid"], subsets["test"],
+                   "--dest", dest]
+        else:
+            cmd = [PY, "manifests/slurp.py", root, "--dest", dest]
+        log(f"writing {layout} manifests ({dest})")
+        run(cmd, log_file=os.path.join(work, "logs", f"manifests-{layout}.log"))
+        out[layout] = dest
+    return out
+
+
+def train(corpus: str, method: str, manifest: str, save_dir: str, updates: int, *overrides: str) -> str:
+    """Fine-tune the start model on one corpus with a mini recipe; streams a progress line per log interval."""
+    import subprocess as sp
+
+    cmd = [PY, "-m", "fairseq_cli.hydra_train", "--config-dir", "examples/mini", "--config-name", method,
+           f"corpus={corpus}", f"common.user_dir={REPO}/fairseq_prune", f"task.data={manifest}",
+           f"model.w2v_path={START_MODEL}", f"optimization.max_update={updates}", f"checkpoint.save_dir={save_dir}",
+           f"hydra.run.dir={save_dir}/hydra", *overrides]
+    os.makedirs(save_dir, exist_ok=True)
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env["PATH"] = os.path.dirname(PY) + os.pathsep + env.get("PATH", "")
+    lines = []
+    with sp.Popen(cmd, cwd=REPO, env=env, stdout=sp.PIPE, stderr=sp.STDOUT, text=True) as p:
+        for line in p.stdout:
+            lines.append(line)
+            if "[train_inner][INFO] - {" in line or "[valid][INFO] - {" in line:
+                rec = json.loads(line.split(" - ", 1)[1])
+                kind = "valid" if "valid_loss" in rec else "train"
+                get = (lambda k: rec.get(f"valid_{k}")) if kind == "valid" else rec.get
+                parts = [f"update {get('num_updates')}/{updates}"]
+                for key, label in (("ctc_loss", "ctc"), ("loss", "loss"), ("wer", "WER"), ("intent_acc", "intent"),
+                                   ("exp_macs_ratio", "E[MACs]"), ("det_macs_ratio", "MACs"), ("target", "target")):
+                    if get(key) is not None and not (key == "loss" and get("ctc_loss") is not None):
+                        parts.append(f"{label} {get(key)}")
+                log(f"{corpus}/{method} {kind}: " + ", ".join(parts))
+    with open(os.path.join(save_dir, "train.log"), "w") as f:
+        f.writelines(lines)
+    if p.returncode != 0:
+        raise SystemExit(f"training failed ({p.returncode}): {' '.join(cmd)}\n{''.join(lines[-40:])}")
+    return os.path.join(save_dir, "checkpoint_best.pt")
+
+
+def decode(manifest: str, subset: str, checkpoint: str, results: str) -> dict:
+    """fairseq-prune-infer on one subset; returns its summary.json."""
+    run(["fairseq-prune-infer", manifest, "--path", checkpoint, "--gen-subset", subset, "--results-path", results,
+         "--max-tokens", "1000000", "--quiet", "--cpu"], log_file=os.path.join(results, "infer.log"))
+    with open(os.path.join(results, "summary.json")) as f:
+        return json.load(f)
+
+
+def export(checkpoint: str, out: str, plot: str) -> dict:
+    """fairseq-prune-export; returns the pruning summary."""
+    summary = out + ".summary.json"
+    run(["fairseq-prune-export", checkpoint, out, "--force", "--plot", plot, "--summary-json", summary],
+        log_file=out + ".export.log")
+    with open(summary) as f:
+        return json.load(f)
+
+
+def load_for_timing(checkpoint: str, manifest: str):
+    import fairseq_prune  # noqa: F401
+    from fairseq import checkpoint_utils
+
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": manifest})
+    return models[0].eval()
+
+
+def speedup(dense_ckpt: str, pruned_ckpt: str, manifest: str, threads: int = 1, rounds: int = 5) -> dict:
+    """CPU latency of the exported model vs its dense baseline on one 10 s utterance, interleaved, medians."""
+    import torch
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    from bench_inference import time_models
+
+    torch.set_num_threads(threads)
+    models = {"dense": load_for_timing(dense_ckpt, manifest), "pruned": load_for_timing(pruned_ckpt, manifest)}
+    t = time_models(models, torch.randn(1, 160000), rounds)
+    return {"dense_s": t["dense"], "pruned_s": t["pruned"], "speedup": t["dense"] / t["pruned"], "threads": threads}
+
+
+def dense_costs(checkpoint: str, manifest: str) -> dict:
+    from fairseq_prune.cost import REFERENCE_SAMPLES, cost_breakdown, totals
+
+    model = load_for_timing(checkpoint, manifest)
+    t = totals(cost_breakdown(model.shape(), REFERENCE_SAMPLES))["total"]
+    return {"params": int(t.params), "macs": int(t.macs)}
+
+
+def use_start_dictionary(manifest: str) -> None:
+    """Continue from the start model with the dictionary it was fine-tuned with (its output layer's units)."""
+    import shutil
+
+    shutil.copy(START_DICT, os.path.join(manifest, "dict.ltr.txt"))
+
+
+def run_method(corpus: str, method: str, label: str, manifest: str, work: str, results: str, updates: int,
+               *overrides: str) -> dict:
+    """Train one recipe on one corpus, export it if it has gates, decode the test subset. Returns a result row
+    (params, MACs at 10 s, WER, transcript WER and intent accuracy, training minutes, model path)."""
+    import time
+
+    name = f"{corpus}-{label}".replace(" ", "_")
+    save = os.path.join(work, "runs", name)
+    t0 = time.time()
+    best = train(corpus, method, manifest, save, updates, f"dataset.validate_interval_updates={max(updates // 2, 1)}",
+                 "common.log_interval=100", *overrides)
+    row = {"corpus": corpus, "method": label, "recipe": method, "overrides": list(overrides),
+           "train_minutes": round((time.time() - t0) / 60, 2)}
+    model = best
+    if method == "dense":
+        row.update(dense_costs(best, manifest))
+    else:
+        model = os.path.join(save, "pruned.pt")
+        summary = export(best, model, os.path.join(results, f"arch-{name}.png"))
+        row.update({"params": summary["after"]["params"], "macs": summary["after"]["macs"],
+                    "architecture": {k: summary["after"][k] for k in ("conv_channels", "attention_heads", "ffn_units")}})
+    scores = decode(manifest, SUBSETS[corpus]["test"], model, os.path.join(save, "decode"))
+    row.update({"wer": scores.get("wer"), "transcript_wer": scores.get("transcript_wer"),
+                "intent_accuracy": scores.get("intent_accuracy"), "checkpoint": model})
+    log(f"{name}: {row_cells(row)}")
+    return row
+
+
+def row_cells(r: dict) -> str:
+    """``params (M) | GMACs | WER | intent accuracy`` of a result row (WER of the transcript: SLURP's intent token
+    is not counted as a word)."""
+    wer = r.get("transcript_wer") if r.get("transcript_wer") is not None else r["wer"]
+    intent = f"{r['intent_accuracy']:.1f}" if r.get("intent_accuracy") is not None else "–"
+    return f"{r['params'] / 1e6:.2f} | {r['macs'] / 1e9:.2f} | {wer:.1f} | {intent}"

@@ -1,0 +1,110 @@
+"""`make study`: every method of the paper on the mini corpora at 2-3 targets each, i.e. the paper's
+accuracy-vs-computation comparison at small scale (WER on mini LibriSpeech, intent accuracy on mini SLURP).
+
+Each run fine-tunes the shipped start model with one examples/mini recipe, exports it, and decodes the test
+subset (scripts/mini.py, as `make demo`). Writes results/study.json, results/study.md and
+results/study_accuracy_vs_gmacs.png.
+
+    python scripts/study.py [--corpora librispeech slurp] [--updates 600]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mini import REPO, START_MODEL, SUBSETS, log, prepare_corpora, row_cells, run_method, use_start_dictionary  # noqa: E402
+
+# (label, recipe, criterion overrides): the paper's methods and baselines at 2-3 targets each
+RUNS = [
+    ("dense", "dense", []),
+    ("HJ-Size 0.7", "hj_size", ["criterion.target=0.7"]),
+    ("HJ-Size 0.5", "hj_size", ["criterion.target=0.5"]),
+    ("HJ-SepSize 0.5/0.7", "hj_sep_size", ["criterion.target_cnn=0.5", "criterion.target_transformer=0.7"]),
+    ("HJ-SepSize 0.3/0.5", "hj_sep_size", ["criterion.target_cnn=0.3", "criterion.target_transformer=0.5"]),
+    ("HJ-MAC 0.7", "hj_macs", ["criterion.target=0.7"]),
+    ("HJ-MAC 0.5", "hj_macs", ["criterion.target=0.5"]),
+    ("HJ-MAC 0.35", "hj_macs", ["criterion.target=0.35"]),
+    ("CNN-only 0.97", "cnn_only", ["criterion.target=0.97"]),
+    ("CNN-only 0.95", "cnn_only", ["criterion.target=0.95"]),
+    ("Transformer-only 0.7", "transformer_only", ["criterion.target=0.7"]),
+    ("Transformer-only 0.5", "transformer_only", ["criterion.target=0.5"]),
+]
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default=os.path.join(REPO, "work", "study"))
+    p.add_argument("--corpora-work", default=os.path.join(REPO, "work", "demo"), help="corpora shared with the demo")
+    p.add_argument("--results", default=os.path.join(REPO, "results"))
+    p.add_argument("--corpora", nargs="+", default=["librispeech", "slurp"], choices=sorted(SUBSETS))
+    p.add_argument("--updates", type=int, default=600)
+    p.add_argument("--warmup", type=int, default=250)
+    p.add_argument("--max-tokens", type=int, default=160000)
+    p.add_argument("--only", nargs="*", help="run only these labels (e.g. 'dense' 'HJ-MAC 0.5')")
+    return p
+
+
+def plot(rows: List[Dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    corpora = sorted({r["corpus"] for r in rows})
+    fig, axes = plt.subplots(1, len(corpora), figsize=(6.5 * len(corpora), 4.5), squeeze=False)
+    for ax, corpus in zip(axes[0], corpora):
+        key, label = ("wer", "WER (%)") if corpus == "librispeech" else ("intent_accuracy", "intent accuracy (%)")
+        families = {}
+        for r in rows:
+            if r["corpus"] == corpus:
+                family = r["method"].rsplit(" ", 1)[0] if r["method"] != "dense" else "dense"
+                value = r.get("transcript_wer") if key == "wer" and r.get("transcript_wer") is not None else r[key]
+                families.setdefault(family, []).append((r["macs"] / 1e9, value))
+        for family, points in families.items():
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=family)
+        ax.set_title(f"mini {corpus}: {label} vs computation")
+        ax.set_xlabel("GMACs for 10 s of audio")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(args: argparse.Namespace) -> List[Dict]:
+    t0 = time.time()
+    if not os.path.exists(START_MODEL):
+        raise SystemExit(f"{START_MODEL} is missing: regenerate it with python scripts/make_start_model.py")
+    os.makedirs(args.results, exist_ok=True)
+    manifests = prepare_corpora(args.corpora_work)
+    rows = []
+    for corpus in args.corpora:
+        use_start_dictionary(manifests[corpus])
+        for label, recipe, overrides in RUNS:
+            if args.only and label not in args.only:
+                continue
+            extra = [f"dataset.max_tokens={args.max_tokens}"] + list(overrides)
+            if recipe != "dense":
+                extra.append(f"criterion.target_warmup_updates={args.warmup}")
+            rows.append(run_method(corpus, recipe, label, manifests[corpus], args.work, args.results, args.updates,
+                                   *extra))
+    minutes = round((time.time() - t0) / 60, 1)
+    lines = ["| corpus | method | params (M) | GMACs (10 s) | WER (test) | intent acc. (test) |", "|" + "---|" * 6]
+    lines += [f"| {r['corpus']} | {r['method']} | {row_cells(r)} |" for r in rows]
+    md = "\n".join(lines)
+    print("\n" + md + f"\n\n(total {minutes} min)")
+    with open(os.path.join(args.results, "study.json"), "w") as f:
+        json.dump({"rows": rows, "minutes": minutes, "args": vars(args)}, f, indent=1)
+    with open(os.path.join(args.results, "study.md"), "w") as f:
+        f.write(md + f"\n\nMade by `make study` in {minutes} min ({args.updates} updates per run).\n")
+    plot(rows, os.path.join(args.results, "study_accuracy_vs_gmacs.png"))
+    return rows
+
+
+if __name__ == "__main__":
+    main(get_parser().parse_args())
