@@ -113,6 +113,9 @@ def save_atomic(obj: Any, path: str, force: bool = False) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600: give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +33,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--updates", type=int, default=600, help="fine-tuning updates per run")
     p.add_argument("--warmup", type=int, default=250, help="target warm-up updates of the pruning runs")
     p.add_argument("--target", type=float, default=0.5, help="HJ-Pruning-MAC target (share of the MACs)")
+    p.add_argument("--lr", type=float, default=0.0001, help="peak learning rate of the model's weights")
     p.add_argument("--max-tokens", type=int, default=160000, help="audio samples per batch")
+    p.add_argument("--no-parallel", dest="parallel", action="store_false",
+                   help="train the corpora one after the other (default: side by side, one thread each)")
     p.add_argument("--corpora", nargs="+", default=["librispeech", "slurp"], choices=sorted(SUBSETS))
     return p
 
@@ -74,15 +78,24 @@ def main(args: argparse.Namespace) -> List[Dict]:
     if not os.path.exists(START_MODEL):
         raise SystemExit(f"{START_MODEL} is missing: regenerate it with python scripts/make_start_model.py")
     manifests = prepare_corpora(args.work)
-    rows = []
-    for corpus in args.corpora:
+    threads = 1 if args.parallel and len(args.corpora) > 1 else 0
+
+    def corpus_runs(corpus: str) -> List[Dict]:
         use_start_dictionary(manifests[corpus])
         common = [f"dataset.max_tokens={args.max_tokens}"]
         dense = run_method(corpus, "dense", "dense", manifests[corpus], args.work, args.results, args.updates,
-                           *common)
+                           args.lr, *common, threads=threads)
         pruned = run_method(corpus, "hj_macs", "HJ-Pruning-MAC", manifests[corpus], args.work, args.results,
-                            args.updates, *common, f"criterion.target={args.target}",
-                            f"criterion.target_warmup_updates={args.warmup}")
+                            args.updates, args.lr, *common, f"criterion.target={args.target}",
+                            f"criterion.target_warmup_updates={args.warmup}", threads=threads)
+        return [dense, pruned]
+
+    if threads:
+        log(f"training the {len(args.corpora)} corpora side by side, one thread each")
+    with ThreadPoolExecutor(max_workers=len(args.corpora) if threads else 1) as pool:
+        per_corpus = list(pool.map(corpus_runs, args.corpora))
+    rows = []
+    for corpus, (dense, pruned) in zip(args.corpora, per_corpus):
         log(f"timing the exported {corpus} model against its dense baseline (10 s input, batch 1, 1 thread)")
         pruned.update(speedup(dense["checkpoint"], pruned["checkpoint"], manifests[corpus]))
         rows += [dense, pruned]

@@ -78,8 +78,10 @@ def prepare_corpora(work: str, seed: int = 1) -> Dict[str, str]:
     return out
 
 
-def train(corpus: str, method: str, manifest: str, save_dir: str, updates: int, *overrides: str) -> str:
-    """Fine-tune the start model on one corpus with a mini recipe; streams a progress line per log interval."""
+def train(corpus: str, method: str, manifest: str, save_dir: str, updates: int, *overrides: str,
+          threads: int = 0) -> str:
+    """Fine-tune the start model on one corpus with a mini recipe; streams a progress line per log interval.
+    ``threads``: torch threads of the training process (0: torch's default)."""
     import subprocess as sp
 
     cmd = [PY, "-m", "fairseq_cli.hydra_train", "--config-dir", "examples/mini", "--config-name", method,
@@ -89,14 +91,21 @@ def train(corpus: str, method: str, manifest: str, save_dir: str, updates: int, 
     os.makedirs(save_dir, exist_ok=True)
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     env["PATH"] = os.path.dirname(PY) + os.pathsep + env.get("PATH", "")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     lines = []
     with sp.Popen(cmd, cwd=REPO, env=env, stdout=sp.PIPE, stderr=sp.STDOUT, text=True) as p:
         for line in p.stdout:
             lines.append(line)
-            if "[train_inner][INFO] - {" in line or "[valid][INFO] - {" in line:
+            if "][INFO] - {" in line and ("[train_inner]" in line or "_num_updates" in line):
                 rec = json.loads(line.split(" - ", 1)[1])
-                kind = "valid" if "valid_loss" in rec else "train"
-                get = (lambda k: rec.get(f"valid_{k}")) if kind == "valid" else rec.get
+                if "num_updates" in rec:
+                    kind, get = "train", rec.get
+                else:  # validation: keys are prefixed with the subset name (dev-clean_wer, ...)
+                    prefix = next(k[: -len("_num_updates")] for k in rec if k.endswith("_num_updates"))
+                    if prefix == "train":
+                        continue
+                    kind, get = "valid", (lambda k, p=prefix: rec.get(f"{p}_{k}"))
                 parts = [f"update {get('num_updates')}/{updates}"]
                 for key, label in (("ctc_loss", "ctc"), ("loss", "loss"), ("wer", "WER"), ("intent_acc", "intent"),
                                    ("exp_macs_ratio", "E[MACs]"), ("det_macs_ratio", "MACs"), ("target", "target")):
@@ -164,16 +173,20 @@ def use_start_dictionary(manifest: str) -> None:
 
 
 def run_method(corpus: str, method: str, label: str, manifest: str, work: str, results: str, updates: int,
-               *overrides: str) -> dict:
+               lr: float, *overrides: str, threads: int = 0) -> dict:
     """Train one recipe on one corpus, export it if it has gates, decode the test subset. Returns a result row
-    (params, MACs at 10 s, WER, transcript WER and intent accuracy, training minutes, model path)."""
+    (params, MACs at 10 s, WER, transcript WER and intent accuracy, training minutes, model path).
+
+    ``lr``: peak learning rate of the model's weights (the start model is already fine-tuned: continuing needs
+    a smaller one than training from a pre-trained model)."""
     import time
 
     name = f"{corpus}-{label}".replace(" ", "_")
     save = os.path.join(work, "runs", name)
+    lr_override = f"optimization.lr=[{lr}]" if method == "dense" else f"optimizer.groups.default.lr_float={lr}"
     t0 = time.time()
     best = train(corpus, method, manifest, save, updates, f"dataset.validate_interval_updates={max(updates // 2, 1)}",
-                 "common.log_interval=100", *overrides)
+                 "common.log_interval=100", lr_override, *overrides, threads=threads)
     row = {"corpus": corpus, "method": label, "recipe": method, "overrides": list(overrides),
            "train_minutes": round((time.time() - t0) / 60, 2)}
     model = best

@@ -42,6 +42,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpora", nargs="+", default=["librispeech", "slurp"], choices=sorted(SUBSETS))
     p.add_argument("--updates", type=int, default=600)
     p.add_argument("--warmup", type=int, default=250)
+    p.add_argument("--lr", type=float, default=0.0001, help="peak learning rate of the model's weights")
     p.add_argument("--max-tokens", type=int, default=160000)
     p.add_argument("--only", nargs="*", help="run only these labels (e.g. 'dense' 'HJ-MAC 0.5')")
     return p
@@ -92,7 +93,7 @@ def main(args: argparse.Namespace) -> List[Dict]:
             if recipe != "dense":
                 extra.append(f"criterion.target_warmup_updates={args.warmup}")
             rows.append(run_method(corpus, recipe, label, manifests[corpus], args.work, args.results, args.updates,
-                                   *extra))
+                                   args.lr, *extra))
     minutes = round((time.time() - t0) / 60, 1)
     lines = ["| corpus | method | params (M) | GMACs (10 s) | WER (test) | intent acc. (test) |", "|" + "---|" * 6]
     lines += [f"| {r['corpus']} | {r['method']} | {row_cells(r)} |" for r in rows]
