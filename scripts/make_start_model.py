@@ -35,6 +35,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--updates", type=int, default=3000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default=START_MODEL)
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from WORK/train/checkpoint_last.pt instead of starting over "
+                        "(fairseq resumes optimizer, schedule and data order; --updates may be changed)")
     return p
 
 
@@ -72,15 +75,17 @@ def main(args: argparse.Namespace) -> None:
     init = os.path.join(args.work, "w2v_init.pt")
     write_wav2vec2_checkpoint(init, MINI_W2V, seed=args.seed)
     save = os.path.join(args.work, "train")
-    shutil.rmtree(save, ignore_errors=True)
+    if not (args.resume and os.path.exists(os.path.join(save, "checkpoint_last.pt"))):
+        shutil.rmtree(save, ignore_errors=True)
     log(f"fine-tuning the mini wav2vec2 with fairseq's wav2vec_ctc for {args.updates} updates (log: {save}/train.log)")
     out = run([PY, "-m", "fairseq_cli.hydra_train", "--config-dir", "examples/mini", "--config-name", "dense",
                f"common.user_dir={REPO}/fairseq_prune", f"task.data={data}", f"model.w2v_path={init}",
-               "model._name=wav2vec_ctc", "task._name=audio_finetuning", "dataset.train_subset=train",
+               "model._name=wav2vec_ctc", "task._name=audio_finetuning", "checkpoint.best_checkpoint_metric=wer",
+               "dataset.train_subset=train",
                "dataset.valid_subset=valid", f"optimization.max_update={args.updates}",
                f"dataset.validate_interval_updates={max(args.updates // 6, 1)}", f"common.seed={args.seed}",
                f"checkpoint.save_dir={save}", f"hydra.run.dir={save}/hydra"],
-              log_file=os.path.join(save, "train.log"))
+              log_file=os.path.join(save, "train-resumed.log" if args.resume else "train.log"))
     valid = [json.loads(line.split(" - ", 1)[1]) for line in out.splitlines() if "[valid][INFO] - {" in line]
     state = torch.load(os.path.join(save, "checkpoint_best.pt"), weights_only=False)
     state["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}

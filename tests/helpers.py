@@ -74,28 +74,32 @@ def model_name(model_dc) -> str:
     return next(name for name, dc in MODEL_DATACLASS_REGISTRY.items() if dc is type(model_dc))
 
 
-def root_cfg(model_dc, data: str, labels: str = "ltr"):
-    """A full FairseqConfig holding ``model_dc`` and an audio_finetuning task (interpolations resolve)."""
+def root_cfg(model_dc, data: str, labels: str = "ltr", task: str = "audio_finetuning"):
+    """A full FairseqConfig holding ``model_dc`` and an audio_finetuning (or audio_pruning) task (interpolations
+    resolve)."""
     from fairseq.dataclass.configs import FairseqConfig
     from fairseq.tasks.audio_finetuning import AudioFinetuningConfig
 
+    from fairseq_prune.tasks.audio_pruning import AudioPruningConfig
+
+    task_dc = AudioPruningConfig if task == "audio_pruning" else AudioFinetuningConfig
     cfg = OmegaConf.structured(FairseqConfig())
     with open_dict(cfg):
-        cfg.task = OmegaConf.structured(AudioFinetuningConfig(data=data, labels=labels, normalize=False))
-        cfg.task._name = "audio_finetuning"
+        cfg.task = OmegaConf.structured(task_dc(data=data, labels=labels, normalize=False))
+        cfg.task._name = task
         cfg.model = OmegaConf.structured(model_dc)
         cfg.model._name = model_name(model_dc)
         cfg.common.cpu = True
     return cfg
 
 
-def build(model_dc, data: str):
+def build(model_dc, data: str, task: str = "audio_finetuning"):
     """Build (task, model) from a model dataclass instance the way fairseq does."""
     from fairseq import tasks
 
     import fairseq_prune  # noqa: F401 (registers the model)
 
-    cfg = root_cfg(model_dc, data)
+    cfg = root_cfg(model_dc, data, task=task)
     task = tasks.setup_task(cfg.task)
     return task, task.build_model(cfg.model)
 

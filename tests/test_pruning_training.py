@@ -52,6 +52,30 @@ def test_budget_is_met_while_ctc_loss_falls(budget_runs, config):
     assert "valid_wer" in valid and "valid_det_ratio" + next(iter(targets)) in valid
 
 
+@pytest.mark.parametrize("target, within", [(1.0, True), (0.7, False)])
+def test_best_checkpoint_metric_counts_only_models_within_budget(small_w2v, noise_data, target, within):
+    """checkpoint_best is chosen by wer_in_budget: the WER of a model that meets its budget, WER + 1000 otherwise
+    (here: all gates open, so a MAC target of 1.0 is met and 0.7 is not)."""
+    from fairseq import metrics
+
+    task, model = build(
+        Wav2Vec2CtcPruningConfig(w2v_path=small_w2v, feature_grad_mult=1.0, prune_attention_heads=True,
+                                 prune_ffn_units=True, apply_mask=False),
+        noise_data, task="audio_pruning",
+    )
+    task.load_dataset("valid")
+    ds = task.dataset("valid")
+    sample = ds.collater([ds[i] for i in range(4)])
+    crit = CtcPruningCriterion(CtcPruningCriterionConfig(budget="macs", target=target), task)
+    _, _, log = task.valid_step(sample, model.eval(), crit)
+    assert log["det_within_budget"] == float(within)
+    with metrics.aggregate(new_root=True) as agg:
+        task.reduce_metrics([log], crit)
+    stats = agg.get_smoothed_values()
+    assert log["w_total"] > 0 and stats["wer"] > 0
+    assert stats["wer_in_budget"] == pytest.approx(stats["wer"] + (0.0 if within else 1000.0), abs=1e-3)
+
+
 def criterion_and_batch(small_w2v, noise_data, **crit_kw):
     task, model = build(
         Wav2Vec2CtcPruningConfig(w2v_path=small_w2v, feature_grad_mult=1.0, prune_conv_channels=True,

@@ -57,6 +57,14 @@ class CtcPruningCriterionConfig(CtcCriterionConfig):
         default=10.0, metadata={"help": "input length at which MACs are counted for budget=macs and in logs"}
     )
     reference_sample_rate: int = field(default=16000, metadata={"help": "sample rate of the reference input"})
+    budget_tolerance: float = field(
+        default=0.01,
+        metadata={
+            "help": "logged det_within_budget is 1 when the exported model's ratio of every budget term is at "
+            "most its final target + this; task audio_pruning's wer_in_budget / intent_acc_in_budget use it so "
+            "that checkpoint_best is chosen among models that meet the budget"
+        },
+    )
 
 
 class _Ascend(torch.autograd.Function):
@@ -101,6 +109,9 @@ class CtcPruningCriterion(CtcCriterion):
         if cfg.target_warmup_updates < 0:
             raise ValueError(f"criterion.target_warmup_updates={cfg.target_warmup_updates} must be >= 0")
         self.warmup = cfg.target_warmup_updates
+        if cfg.budget_tolerance < 0:
+            raise ValueError(f"criterion.budget_tolerance={cfg.budget_tolerance} must be >= 0")
+        self.tolerance = cfg.budget_tolerance
         self.reference_samples = int(round(cfg.reference_seconds * cfg.reference_sample_rate))
         n = len(self.term_names)
         self.lambda_1 = nn.Parameter(torch.zeros(n))
@@ -183,6 +194,9 @@ class CtcPruningCriterion(CtcCriterion):
                 "exp_macs_ratio": float(expected["total"].macs) / orig.macs,
                 "det_params_ratio": float(det["total"].params) / orig.params,
                 "det_macs_ratio": float(det["total"].macs) / orig.macs,
+                "det_within_budget": float(
+                    all(float(r) <= t + self.tolerance for r, t in zip(det_ratios, self.targets))
+                ),
             }
             for i, name in enumerate(self.term_names):
                 suffix = "" if len(self.term_names) == 1 else f"_{name}"
