@@ -64,7 +64,7 @@ DEFAULTS = {
     "slurp": dict(train_utts=1000, dev_utts=120, test_utts=120, synthetic_utts=200),
 }
 T = TypeVar("T")
-SPEAKER_DEFAULTS = dict(train_speakers=40, dev_speakers=10, test_speakers=10)
+SPEAKER_DEFAULTS = dict(train_speakers=200, dev_speakers=10, test_speakers=10)
 
 
 @dataclass(frozen=True)

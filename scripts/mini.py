@@ -8,6 +8,8 @@ import sys
 from typing import Dict, List
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from manifests.synthesize import DEFAULTS, SPEAKER_DEFAULTS  # noqa: E402
 PY = sys.executable
 
 #: the mini wav2vec2 (fairseq Wav2Vec2Config fields): 4 Transformer layers of 256, 4 heads of 64, FFN 1024,
@@ -58,13 +60,14 @@ def prepare_corpora(work: str, seed: int = 1) -> Dict[str, str]:
     out = {}
     for layout, root_name in (("librispeech", "LibriSpeech"), ("slurp", "slurp")):
         root = os.path.join(corpora, root_name)
-        stamp = root + ".done"  # written once synthesis finished, with the seed it used
-        if not (os.path.exists(stamp) and json.load(open(stamp)).get("seed") == seed):
+        stamp = root + ".done"  # written once synthesis finished, with the settings it used
+        settings = {"seed": seed, **DEFAULTS[layout], **SPEAKER_DEFAULTS}
+        if not (os.path.exists(stamp) and json.load(open(stamp)) == settings):
             log(f"synthesising the mini {layout} corpus with espeak-ng ({root})")
             print(run([PY, "manifests/synthesize.py", "--layout", layout, "--out", root, "--seed", str(seed),
                        "--overwrite"]).strip().splitlines()[-1], flush=True)
             with open(stamp, "w") as f:
-                json.dump({"seed": seed}, f)
+                json.dump(settings, f)
         dest = os.path.join(work, "manifests", layout)
         subsets = SUBSETS[layout]
         if layout == "librispeech":

@@ -5,13 +5,14 @@ Each run fine-tunes the shipped start model with one examples/mini recipe, expor
 subset (scripts/mini.py, as `make demo`). Writes results/study.json, results/study.md and
 results/study_accuracy_vs_gmacs.png.
 
-    python scripts/study.py [--corpora librispeech slurp] [--updates 600]
+    python scripts/study.py [--corpora librispeech slurp] [--updates 600] [--jobs 2] [--only LABEL ...]
 """
 import argparse
 import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -41,9 +42,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=os.path.join(REPO, "results"))
     p.add_argument("--corpora", nargs="+", default=["librispeech", "slurp"], choices=sorted(SUBSETS))
     p.add_argument("--updates", type=int, default=600)
-    p.add_argument("--warmup", type=int, default=250)
+    p.add_argument("--warmup", type=int, default=200, help="target warm-up updates of the pruning runs")
+    p.add_argument("--lagrangian-lr", type=float, default=2.0, help="learning rate of the multipliers (as make demo)")
     p.add_argument("--lr", type=float, default=0.0001, help="peak learning rate of the model's weights")
     p.add_argument("--max-tokens", type=int, default=160000)
+    p.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each (1: one at a time)")
     p.add_argument("--only", nargs="*", help="run only these labels (e.g. 'dense' 'HJ-MAC 0.5')")
     return p
 
@@ -83,7 +86,7 @@ def main(args: argparse.Namespace) -> List[Dict]:
         raise SystemExit(f"{START_MODEL} is missing: regenerate it with python scripts/make_start_model.py")
     os.makedirs(args.results, exist_ok=True)
     manifests = prepare_corpora(args.corpora_work)
-    rows = []
+    jobs = []
     for corpus in args.corpora:
         use_start_dictionary(manifests[corpus])
         for label, recipe, overrides in RUNS:
@@ -91,9 +94,19 @@ def main(args: argparse.Namespace) -> List[Dict]:
                 continue
             extra = [f"dataset.max_tokens={args.max_tokens}"] + list(overrides)
             if recipe != "dense":
-                extra.append(f"criterion.target_warmup_updates={args.warmup}")
-            rows.append(run_method(corpus, recipe, label, manifests[corpus], args.work, args.results, args.updates,
-                                   args.lr, *extra))
+                extra += [f"criterion.target_warmup_updates={args.warmup}",
+                          f"optimizer.groups.lagrangian.lr_float={args.lagrangian_lr}"]
+            jobs.append((corpus, recipe, label, manifests[corpus], extra))
+    threads = 1 if args.jobs > 1 else 0
+    log(f"{len(jobs)} runs, {args.jobs} at a time" + (", one thread each" if threads else ""))
+
+    def one(job) -> Dict:
+        corpus, recipe, label, manifest, extra = job
+        return run_method(corpus, recipe, label, manifest, args.work, args.results, args.updates, args.lr, *extra,
+                          threads=threads)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(one, jobs))
     minutes = round((time.time() - t0) / 60, 1)
     lines = ["| corpus | method | params (M) | GMACs (10 s) | WER (test) | intent acc. (test) |", "|" + "---|" * 6]
     lines += [f"| {r['corpus']} | {r['method']} | {row_cells(r)} |" for r in rows]

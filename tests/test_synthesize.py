@@ -237,8 +237,8 @@ def test_defaults_match_the_readme():
     """The README states the default sizes; keep them in step with the code."""
     readme = open(os.path.join(os.path.dirname(os.path.dirname(synthesize.__file__)), "manifests", "README.md")).read()
     p = synthesize.get_parser().parse_args(["--layout", "slurp", "--out", "x"])
-    assert p.train_speakers == 40 and p.dev_speakers == 10 and p.test_speakers == 10 and p.max_recordings == 2
+    assert p.train_speakers == 200 and p.dev_speakers == 10 and p.test_speakers == 10 and p.max_recordings == 2
     assert synthesize.DEFAULTS["librispeech"] == dict(train_utts=1800, dev_utts=180, test_utts=180, synthetic_utts=0)
     assert synthesize.DEFAULTS["slurp"] == dict(train_utts=1000, dev_utts=120, test_utts=120, synthetic_utts=200)
-    for fragment in ("1,800", "180", "1,000", "120", "200", "40 / 10 / 10"):
+    for fragment in ("1,800", "180", "1,000", "120", "200", "200 / 10 / 10"):
         assert fragment in readme, fragment
