@@ -54,8 +54,8 @@ def test_budget_is_met_while_ctc_loss_falls(budget_runs, config):
 
 @pytest.mark.parametrize("target, within", [(1.0, True), (0.7, False)])
 def test_best_checkpoint_metric_counts_only_models_within_budget(small_w2v, noise_data, target, within):
-    """checkpoint_best is chosen by wer_in_budget: the WER of a model that meets its budget, WER + 1000 otherwise
-    (here: all gates open, so a MAC target of 1.0 is met and 0.7 is not)."""
+    """checkpoint_best is chosen by wer_in_budget: the WER of a model that meets its budget, WER + 1000 + 1000 x
+    its excess otherwise (here: all gates open, so a MAC target of 1.0 is met and 0.7 is not)."""
     from fairseq import metrics
 
     task, model = build(
@@ -73,7 +73,11 @@ def test_best_checkpoint_metric_counts_only_models_within_budget(small_w2v, nois
         task.reduce_metrics([log], crit)
     stats = agg.get_smoothed_values()
     assert log["w_total"] > 0 and stats["wer"] > 0
-    assert stats["wer_in_budget"] == pytest.approx(stats["wer"] + (0.0 if within else 1000.0), abs=1e-3)
+    # out of budget: behind every model within it, and the further over the budget the worse
+    over = 0.0 if within else 1.0 - target  # all gates open: the exported model keeps every MAC
+    assert log["det_over_budget"] == pytest.approx(over)
+    penalty = 0.0 if within else 1000.0 + 1000.0 * over
+    assert stats["wer_in_budget"] == pytest.approx(stats["wer"] + penalty, abs=1e-3)
 
 
 def criterion_and_batch(small_w2v, noise_data, **crit_kw):

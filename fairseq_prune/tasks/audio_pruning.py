@@ -33,12 +33,13 @@ class AudioPruningConfig(AudioFinetuningConfig):
     pass
 
 
-_OUT_OF_BUDGET = 1000.0
-
-
-def _over(meters) -> float:
-    """1.0 when the criterion logged that the model being validated is outside its budget, else 0.0."""
-    return 0.0 if "det_within_budget" not in meters or meters["det_within_budget"].avg >= 0.5 else 1.0
+def _budget_penalty(meters) -> float:
+    """0 for a model within its budget (or without one); otherwise 1000 + 1000 x how far its exported cost
+    ratio is over the final target, so that out-of-budget models rank behind every model within it, and the
+    closest to the budget first among themselves."""
+    if "det_within_budget" not in meters or meters["det_within_budget"].avg >= 0.5:
+        return 0.0
+    return 1000.0 + 1000.0 * meters["det_over_budget"].avg
 
 
 class _OutputRecorder:
@@ -110,13 +111,13 @@ class AudioPruningTask(AudioFinetuningTask):
                 else float("nan"),
             )
         # checkpoint_best among the models that meet the budget: a model outside it (criterion ctc_pruning's
-        # det_within_budget = 0) scores WER + 1000 and intent accuracy - 1000. Without that statistic (a dense
-        # run, plain ctc criterion) every model is within budget and these equal wer / intent_acc.
+        # det_within_budget = 0) scores WER + penalty and intent accuracy - penalty (_budget_penalty). Without
+        # that statistic (a dense run, plain ctc criterion) these equal wer / intent_acc.
         if sum(log.get("w_total", 0) for log in logging_outputs) > 0:
             metrics.log_derived(
                 "wer_in_budget",
                 lambda meters: safe_round(
-                    meters["_w_errors"].sum * 100.0 / meters["_w_total"].sum + _OUT_OF_BUDGET * _over(meters), 3
+                    meters["_w_errors"].sum * 100.0 / meters["_w_total"].sum + _budget_penalty(meters), 3
                 )
                 if meters["_w_total"].sum > 0
                 else float("nan"),
@@ -125,7 +126,7 @@ class AudioPruningTask(AudioFinetuningTask):
             metrics.log_derived(
                 "intent_acc_in_budget",
                 lambda meters: safe_round(
-                    meters["_intent_correct"].sum * 100.0 / meters["_intent_total"].sum - _OUT_OF_BUDGET * _over(meters),
+                    meters["_intent_correct"].sum * 100.0 / meters["_intent_total"].sum - _budget_penalty(meters),
                     3,
                 )
                 if meters["_intent_total"].sum > 0
