@@ -22,7 +22,7 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mini import (  # noqa: E402
-    REPO, START_MODEL, SUBSETS, log, prepare_corpora, row_cells, run_method, speedup, use_start_dictionary
+    REPO, START_MODEL, SUBSETS, log, prepare_corpora, pyplot, row_cells, run_method, speedup, use_start_dictionary
 )
 
 
@@ -54,10 +54,7 @@ def table(rows: List[Dict]) -> str:
 
 
 def plot(rows: List[Dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, corpus, key, label in ((axes[0], "librispeech", "wer", "WER (%), mini LibriSpeech test"),

@@ -35,6 +35,20 @@ START_MODEL = os.path.join(REPO, "assets", "start_model", "wav2vec_ctc_mini.pt")
 START_DICT = os.path.join(REPO, "assets", "start_model", "dict.ltr.txt")
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, its loggers quiet (importing fairseq can leave the root logger at
+    DEBUG, which would print every font matplotlib looks at)."""
+    import logging
+
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def log(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 

@@ -16,7 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mini import REPO, START_MODEL, SUBSETS, log, prepare_corpora, row_cells, run_method, use_start_dictionary  # noqa: E402
+from mini import (  # noqa: E402
+    REPO, START_MODEL, SUBSETS, log, prepare_corpora, pyplot, row_cells, run_method, use_start_dictionary
+)
 
 # (label, recipe, criterion overrides): the paper's methods and baselines at 2-3 targets each
 RUNS = [
@@ -52,10 +54,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def plot(rows: List[Dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     corpora = sorted({r["corpus"] for r in rows})
     fig, axes = plt.subplots(1, len(corpora), figsize=(6.5 * len(corpora), 4.5), squeeze=False)
