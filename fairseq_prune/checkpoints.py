@@ -102,6 +102,13 @@ def load_w2v_source(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -
     return W2vSource(path, name, w2v_args, model_state, proj_state)
 
 
+def new_file_mode() -> int:
+    """The permissions ``open(path, "w")`` gives a new file under the current umask (``mkstemp`` gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_atomic(obj: Any, path: str, force: bool = False) -> None:
     """``torch.save`` to a temporary file in the destination folder, then rename: a reader never sees a
     half-written file, and an existing file is only replaced when ``force`` is set."""
@@ -113,9 +120,7 @@ def save_atomic(obj: Any, path: str, force: bool = False) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600: give the file the permissions open() would
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -38,7 +38,7 @@ from fairseq.tasks import TASK_REGISTRY
 from fairseq.tasks.audio_finetuning import AudioFinetuningTask
 from omegaconf import open_dict
 
-from .checkpoints import CheckpointError, model_name, read_checkpoint
+from .checkpoints import CheckpointError, model_name, new_file_mode, read_checkpoint
 from .decoding import greedy_units
 from .intent import intent_counts, strip_intent
 
@@ -463,13 +463,6 @@ def score_pairs(pairs: Sequence[Tuple[Sequence[str], Sequence[str]]]) -> Scores:
     return scores
 
 
-def _default_file_mode() -> int:
-    """The permissions ``open(path, "w")`` gives a new file under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 class ResultWriter:
     """Writes the four result files (and ``summary.json``) under temporary names in the results folder and
     renames them only in :meth:`commit`, so a failed or interrupted run leaves no partial files behind."""
@@ -504,7 +497,7 @@ class ResultWriter:
             f.write("\n")
         for f in self._files.values():
             f.close()
-        mode = _default_file_mode()
+        mode = new_file_mode()
         for name, tmp in self._tmp.items():
             os.chmod(tmp, mode)  # mkstemp creates 0600; give the files the permissions open() would
             os.replace(tmp, os.path.join(self.folder, name))

@@ -10,7 +10,7 @@
 6. print one table and write it to results/demo.json and results/demo.md, with the pruned architectures
    (results/arch-*.png) and WER / intent accuracy vs GMACs (results/accuracy_vs_gmacs.png).
 
-    python scripts/demo.py [--updates 600] [--target 0.5]
+    python scripts/demo.py [--updates 800] [--target 0.5]
 """
 import argparse
 import json
@@ -30,13 +30,14 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=os.path.join(REPO, "work", "demo"))
     p.add_argument("--results", default=os.path.join(REPO, "results"))
-    p.add_argument("--updates", type=int, default=600, help="fine-tuning updates per run")
-    p.add_argument("--warmup", type=int, default=200, help="target warm-up updates of the pruning runs")
+    p.add_argument("--updates", type=int, default=800, help="fine-tuning updates per run")
+    p.add_argument("--validations", type=int, default=4,
+                   help="validations (and saved checkpoints) per run; checkpoint_best is the best within the budget")
+    p.add_argument("--warmup", type=int, default=300, help="target warm-up updates of the pruning runs")
     p.add_argument("--lagrangian-lr", type=float, default=2.0,
-                   help="learning rate of the multipliers (dual ascent). On these 600-update runs 1.0 left the "
-                   "MAC ratio at 0.58 for a 0.5 target, 4.0 overshot to 0.42, 2.0 ended at 0.51")
+                   help="learning rate of the multipliers (dual ascent); see README, 'Tuning the Lagrangian'")
     p.add_argument("--target", type=float, default=0.5, help="HJ-Pruning-MAC target (share of the MACs)")
-    p.add_argument("--lr", type=float, default=0.0001, help="peak learning rate of the model's weights")
+    p.add_argument("--lr", type=float, default=0.0003, help="peak learning rate of the model's weights")
     p.add_argument("--max-tokens", type=int, default=160000, help="audio samples per batch")
     p.add_argument("--no-parallel", dest="parallel", action="store_false",
                    help="train the corpora one after the other (default: side by side, one thread each)")
@@ -84,11 +85,13 @@ def main(args: argparse.Namespace) -> List[Dict]:
         use_start_dictionary(manifests[corpus])
         common = [f"dataset.max_tokens={args.max_tokens}"]
         dense = run_method(corpus, "dense", "dense", manifests[corpus], args.work, args.results, args.updates,
-                           args.lr, *common, threads=threads)
+                           args.lr, *common, threads=threads,
+                           validations=args.validations)
         pruned = run_method(corpus, "hj_macs", "HJ-Pruning-MAC", manifests[corpus], args.work, args.results,
                             args.updates, args.lr, *common, f"criterion.target={args.target}",
                             f"criterion.target_warmup_updates={args.warmup}",
-                            f"optimizer.groups.lagrangian.lr_float={args.lagrangian_lr}", threads=threads)
+                            f"optimizer.groups.lagrangian.lr_float={args.lagrangian_lr}", threads=threads,
+                            validations=args.validations)
         return [dense, pruned]
 
     if threads:

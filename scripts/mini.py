@@ -105,7 +105,14 @@ def train(corpus: str, method: str, manifest: str, save_dir: str, updates: int, 
            f"corpus={corpus}", f"common.user_dir={REPO}/fairseq_prune", f"task.data={manifest}",
            f"model.w2v_path={START_MODEL}", f"optimization.max_update={updates}", f"checkpoint.save_dir={save_dir}",
            f"hydra.run.dir={save_dir}/hydra", *overrides]
-    os.makedirs(save_dir, exist_ok=True)
+    if os.path.exists(save_dir):  # fairseq would resume from its checkpoint_last.pt: keep it aside, start afresh
+        import shutil
+
+        previous = save_dir.rstrip("/") + ".previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(save_dir, previous)
+        log(f"an earlier run is kept in {previous}")
+    os.makedirs(save_dir)
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     env["PATH"] = os.path.dirname(PY) + os.pathsep + env.get("PATH", "")
     if threads:
@@ -190,20 +197,24 @@ def use_start_dictionary(manifest: str) -> None:
 
 
 def run_method(corpus: str, method: str, label: str, manifest: str, work: str, results: str, updates: int,
-               lr: float, *overrides: str, threads: int = 0) -> dict:
+               lr: float, *overrides: str, threads: int = 0, validations: int = 2) -> dict:
     """Train one recipe on one corpus, export it if it has gates, decode the test subset. Returns a result row
     (params, MACs at 10 s, WER, transcript WER and intent accuracy, training minutes, model path).
 
     ``lr``: peak learning rate of the model's weights (the start model is already fine-tuned: continuing needs
-    a smaller one than training from a pre-trained model)."""
+    a smaller one than training from a pre-trained model). ``validations``: how many times the run validates
+    and saves a checkpoint (evenly spaced; the recipe's best-checkpoint metric picks among them)."""
     import time
 
     name = f"{corpus}-{label}".replace(" ", "_")
     save = os.path.join(work, "runs", name)
     lr_override = f"optimization.lr=[{lr}]" if method == "dense" else f"optimizer.groups.default.lr_float={lr}"
     t0 = time.time()
-    best = train(corpus, method, manifest, save, updates, f"dataset.validate_interval_updates={max(updates // 2, 1)}",
-                 "common.log_interval=100", lr_override, *overrides, threads=threads)
+    every = max(updates // validations, 1)
+    best = train(corpus, method, manifest, save, updates, f"dataset.validate_interval_updates={every}",
+                 f"checkpoint.save_interval_updates={every}", "checkpoint.keep_interval_updates=1",
+                 "common.log_interval=100", lr_override, *overrides,
+                 threads=threads)
     row = {"corpus": corpus, "method": label, "recipe": method, "overrides": list(overrides),
            "train_minutes": round((time.time() - t0) / 60, 2)}
     model = best

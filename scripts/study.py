@@ -5,7 +5,7 @@ Each run fine-tunes the shipped start model with one examples/mini recipe, expor
 subset (scripts/mini.py, as `make demo`). Writes results/study.json, results/study.md and
 results/study_accuracy_vs_gmacs.png.
 
-    python scripts/study.py [--corpora librispeech slurp] [--updates 600] [--jobs 2] [--only LABEL ...]
+    python scripts/study.py [--corpora librispeech slurp] [--updates 800] [--jobs 2] [--only LABEL ...]
 """
 import argparse
 import json
@@ -43,10 +43,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpora-work", default=os.path.join(REPO, "work", "demo"), help="corpora shared with the demo")
     p.add_argument("--results", default=os.path.join(REPO, "results"))
     p.add_argument("--corpora", nargs="+", default=["librispeech", "slurp"], choices=sorted(SUBSETS))
-    p.add_argument("--updates", type=int, default=600)
-    p.add_argument("--warmup", type=int, default=200, help="target warm-up updates of the pruning runs")
+    p.add_argument("--updates", type=int, default=800)
+    p.add_argument("--validations", type=int, default=4, help="validations (and saved checkpoints) per run")
+    p.add_argument("--warmup", type=int, default=300, help="target warm-up updates of the pruning runs")
     p.add_argument("--lagrangian-lr", type=float, default=2.0, help="learning rate of the multipliers (as make demo)")
-    p.add_argument("--lr", type=float, default=0.0001, help="peak learning rate of the model's weights")
+    p.add_argument("--lr", type=float, default=0.0003, help="peak learning rate of the model's weights")
     p.add_argument("--max-tokens", type=int, default=160000)
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each (1: one at a time)")
     p.add_argument("--only", nargs="*", help="run only these labels (e.g. 'dense' 'HJ-MAC 0.5')")
@@ -102,7 +103,7 @@ def main(args: argparse.Namespace) -> List[Dict]:
     def one(job) -> Dict:
         corpus, recipe, label, manifest, extra = job
         return run_method(corpus, recipe, label, manifest, args.work, args.results, args.updates, args.lr, *extra,
-                          threads=threads)
+                          threads=threads, validations=args.validations)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(one, jobs))

@@ -2,6 +2,7 @@
 table says, loads with fairseq's loader, and bad input is refused clearly."""
 import json
 import os
+import stat
 
 import pytest
 import torch
@@ -85,6 +86,10 @@ def test_exported_model_equals_gated_model(tmp_path, small_w2v, noise_data, conf
     assert compact.w2v_model.encoder_layers()[0].self_attn.q_proj is None  # the block is gone, not zeroed
     assert compact.w2v_model.encoder_layers()[1].fc1 is None
     assert (tmp_path / "arch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (out, tmp_path / "arch.png"):  # written atomically, with the permissions open() would give
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask, written
     state = torch.load(out, weights_only=True)  # plain containers only: loads without trusting pickles
     assert state["cfg"]["model"]["_name"] == "wav2vec2_ctc_pruning"
     assert state["cfg"]["model"]["conv_channels"] == after["conv_channels"]

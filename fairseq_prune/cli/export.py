@@ -7,7 +7,7 @@ import sys
 import tempfile
 from typing import Dict, List, Optional
 
-from ..checkpoints import CheckpointError, save_atomic
+from ..checkpoints import CheckpointError, new_file_mode, save_atomic
 from ..cost import Cost, totals
 from ..export import ExportResult, exported_state, load_gated, prune
 
@@ -96,6 +96,7 @@ def plot_architecture(summary: Dict, path: str, title: Optional[str] = None) -> 
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     finally:
         plt.close(fig)
