@@ -131,8 +131,10 @@ def train(corpus: str, method: str, manifest: str, save_dir: str, updates: int, 
                         continue
                     kind, get = "valid", (lambda k, p=prefix: rec.get(f"{p}_{k}"))
                 parts = [f"update {get('num_updates')}/{updates}"]
+                budget = [(f"{k}{s}", f"{label}{s}") for s in ("", "_cnn", "_transformer")  # sep_size: two terms
+                          for k, label in (("exp_ratio", "E[budget]"), ("det_ratio", "budget"), ("target", "target"))]
                 for key, label in (("ctc_loss", "ctc"), ("loss", "loss"), ("wer", "WER"), ("intent_acc", "intent"),
-                                   ("exp_macs_ratio", "E[MACs]"), ("det_macs_ratio", "MACs"), ("target", "target")):
+                                   *budget, ("det_macs_ratio", "MACs")):
                     if get(key) is not None and not (key == "loss" and get("ctc_loss") is not None):
                         parts.append(f"{label} {get(key)}")
                 log(f"{corpus}/{method} {kind}: " + ", ".join(parts))
@@ -206,7 +208,7 @@ def run_method(corpus: str, method: str, label: str, manifest: str, work: str, r
     and saves a checkpoint (evenly spaced; the recipe's best-checkpoint metric picks among them)."""
     import time
 
-    name = f"{corpus}-{label}".replace(" ", "_")
+    name = f"{corpus}-{label}".replace(" ", "_").replace("/", "-")  # a file name (labels hold "0.3/0.5")
     save = os.path.join(work, "runs", name)
     lr_override = f"optimization.lr=[{lr}]" if method == "dense" else f"optimizer.groups.default.lr_float={lr}"
     t0 = time.time()

@@ -71,7 +71,8 @@ def assert_same_outputs(gated_ckpt, exported_ckpt, data, tol=1e-4):
 def test_exported_model_equals_gated_model(tmp_path, small_w2v, noise_data, config, extra):
     src = close_some_gates(trained(tmp_path, noise_data, small_w2v, config, *extra), tmp_path / "gated.pt")
     out = tmp_path / "exported.pt"
-    table = export(src, out, "--summary-json", str(tmp_path / "summary.json"), "--plot", str(tmp_path / "arch.png"))
+    plot = tmp_path / "plots" / "arch.png"
+    table = export(src, out, "--summary-json", str(tmp_path / "summary.json"), "--plot", str(plot))
     gated, compact = assert_same_outputs(src, out, noise_data)
 
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -85,10 +86,10 @@ def test_exported_model_equals_gated_model(tmp_path, small_w2v, noise_data, conf
     assert not any("log_alpha" in k for k in compact.state_dict())
     assert compact.w2v_model.encoder_layers()[0].self_attn.q_proj is None  # the block is gone, not zeroed
     assert compact.w2v_model.encoder_layers()[1].fc1 is None
-    assert (tmp_path / "arch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # its folder was made
     umask = os.umask(0)
     os.umask(umask)
-    for written in (out, tmp_path / "arch.png"):  # written atomically, with the permissions open() would give
+    for written in (out, plot):  # written atomically, with the permissions open() would give
         assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask, written
     state = torch.load(out, weights_only=True)  # plain containers only: loads without trusting pickles
     assert state["cfg"]["model"]["_name"] == "wav2vec2_ctc_pruning"

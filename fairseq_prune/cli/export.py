@@ -92,6 +92,7 @@ def plot_architecture(summary: Dict, path: str, title: Optional[str] = None) -> 
                  f"({ratio:.0%} of the MACs) at {summary['reference_seconds']:.0f} s")
     fig.tight_layout()
     folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
     os.close(fd)
     try:
