@@ -1,9 +1,10 @@
 """Reading the checkpoints users point ``model.w2v_path`` at, and writing checkpoints safely."""
 import argparse
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 from fairseq import checkpoint_utils
@@ -109,23 +110,30 @@ def new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def save_atomic(obj: Any, path: str, force: bool = False) -> None:
-    """``torch.save`` to a temporary file in the destination folder, then rename: a reader never sees a
-    half-written file, and an existing file is only replaced when ``force`` is set."""
-    if os.path.exists(path) and not force:
-        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+@contextlib.contextmanager
+def atomic_output(path: str, suffix: str) -> Iterator[str]:
+    """Yields a temporary path in ``path``'s folder (made if missing) to write to; on success the file gets the
+    permissions ``open()`` would give and is renamed to ``path``, on failure it is removed: a reader never sees
+    a half-written file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        yield tmp
         os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
+
+
+def save_atomic(obj: Any, path: str, force: bool = False) -> None:
+    """``torch.save`` through :func:`atomic_output`; an existing file is only replaced when ``force`` is set."""
+    if os.path.exists(path) and not force:
+        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    with atomic_output(path, ".pt") as tmp:
+        torch.save(obj, tmp)
 
 
 def wav2vec2_pretraining_cfg(model_overrides: Optional[Dict[str, Any]] = None, normalize: bool = False) -> DictConfig:

@@ -85,8 +85,7 @@ def main(args: argparse.Namespace) -> List[Dict]:
         use_start_dictionary(manifests[corpus])
         common = [f"dataset.max_tokens={args.max_tokens}"]
         dense = run_method(corpus, "dense", "dense", manifests[corpus], args.work, args.results, args.updates,
-                           args.lr, *common, threads=threads,
-                           validations=args.validations)
+                           args.lr, *common, threads=threads, validations=args.validations)
         pruned = run_method(corpus, "hj_macs", "HJ-Pruning-MAC", manifests[corpus], args.work, args.results,
                             args.updates, args.lr, *common, f"criterion.target={args.target}",
                             f"criterion.target_warmup_updates={args.warmup}",

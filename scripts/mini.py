@@ -215,8 +215,7 @@ def run_method(corpus: str, method: str, label: str, manifest: str, work: str, r
     every = max(updates // validations, 1)
     best = train(corpus, method, manifest, save, updates, f"dataset.validate_interval_updates={every}",
                  f"checkpoint.save_interval_updates={every}", "checkpoint.keep_interval_updates=1",
-                 "common.log_interval=100", lr_override, *overrides,
-                 threads=threads)
+                 "common.log_interval=100", lr_override, *overrides, threads=threads)
     row = {"corpus": corpus, "method": label, "recipe": method, "overrides": list(overrides),
            "train_minutes": round((time.time() - t0) / 60, 2)}
     model = best

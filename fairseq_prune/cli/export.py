@@ -4,10 +4,9 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from typing import Dict, List, Optional
 
-from ..checkpoints import CheckpointError, new_file_mode, save_atomic
+from ..checkpoints import CheckpointError, atomic_output, save_atomic
 from ..cost import Cost, totals
 from ..export import ExportResult, exported_state, load_gated, prune
 
@@ -91,18 +90,11 @@ def plot_architecture(summary: Dict, path: str, title: Optional[str] = None) -> 
     fig.suptitle(title or f"pruned architecture: {a['params'] / 1e6:.2f}M params, {a['macs'] / 1e9:.2f} GMACs "
                  f"({ratio:.0%} of the MACs) at {summary['reference_seconds']:.0f} s")
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
+        with atomic_output(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def main(args: argparse.Namespace) -> Dict:
@@ -118,9 +110,8 @@ def main(args: argparse.Namespace) -> Dict:
         plot_architecture(result.summary, args.plot)
     save_atomic(new_state, args.output, force=args.force)
     if args.summary_json:
-        with open(args.summary_json + ".tmp", "w") as f:
+        with atomic_output(args.summary_json, ".json") as tmp, open(tmp, "w") as f:
             json.dump(new_state["pruning_summary"], f, indent=2)
-        os.replace(args.summary_json + ".tmp", args.summary_json)
     n = sum(p.numel() for p in result.model.parameters())
     print(f"wrote {args.output}: {n / 1e6:.3f}M parameters")
     return new_state["pruning_summary"]
