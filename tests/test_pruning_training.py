@@ -119,12 +119,30 @@ def test_positive_lambda_pushes_every_gate_towards_closing(small_w2v, noise_data
     assert ((grads[5.0] - grads[0.0]) > 0).all()
 
 
+def test_lambda_2_init_is_a_quadratic_penalty_from_the_first_update(small_w2v, noise_data):
+    torch.manual_seed(0)
+    model, crit, sample = criterion_and_batch(small_w2v, noise_data, budget="macs", target=0.5, lambda_2_init=800.0)
+    assert crit.lambda_1.item() == 0.0 and crit.lambda_2.item() == 800.0
+    loss, sample_size, log = crit(model, sample)
+    gap = log["exp_ratio"] - 0.5
+    assert log["reg_loss"] == pytest.approx(800.0 * gap**2 * sample_size, rel=1e-4)
+    loss.backward()
+    # with lambda_1 still 0 the penalty alone pulls every gate towards closing while the budget is exceeded
+    grads = torch.cat([g.log_alpha.grad for g in model.w2v_model.gates()])
+    torch.manual_seed(0)
+    model0, crit0, _ = criterion_and_batch(small_w2v, noise_data, budget="macs", target=0.5)
+    crit0(model0, sample)[0].backward()
+    grads0 = torch.cat([g.log_alpha.grad for g in model0.w2v_model.gates()])
+    assert ((grads - grads0) > 0).all()
+
+
 @pytest.mark.parametrize(
     "kw,message",
     [
         (dict(budget="macs", target=1.5), "outside"),
         (dict(budget="size", target=0.0), "outside"),
         (dict(budget="sep_size", target_cnn=0.5), "needs both"),
+        (dict(budget="macs", target=0.5, lambda_2_init=-1.0), "lambda_2_init"),
     ],
 )
 def test_bad_budget_configs_are_refused(small_w2v, noise_data, kw, message):

@@ -57,6 +57,14 @@ class CtcPruningCriterionConfig(CtcCriterionConfig):
         default=10.0, metadata={"help": "input length at which MACs are counted for budget=macs and in logs"}
     )
     reference_sample_rate: int = field(default=16000, metadata={"help": "sample rate of the reference input"})
+    lambda_2_init: float = field(
+        default=0.0,
+        metadata={
+            "help": "value of lambda_2 at the first update (>= 0). A large one makes (s - t)^2 a quadratic penalty "
+            "from the start: its pull 2 * lambda_2 * (s - t) follows the gap at once and shrinks as the gap does, "
+            "so lambda_1 has less to integrate and overshoots less (the proportional term of a PI controller)"
+        },
+    )
     budget_tolerance: float = field(
         default=0.01,
         metadata={
@@ -115,7 +123,9 @@ class CtcPruningCriterion(CtcCriterion):
         self.reference_samples = int(round(cfg.reference_seconds * cfg.reference_sample_rate))
         n = len(self.term_names)
         self.lambda_1 = nn.Parameter(torch.zeros(n))
-        self.lambda_2 = nn.Parameter(torch.zeros(n))
+        if cfg.lambda_2_init < 0:
+            raise ValueError(f"criterion.lambda_2_init={cfg.lambda_2_init} must be >= 0")
+        self.lambda_2 = nn.Parameter(torch.full((n,), float(cfg.lambda_2_init)))
         for p in (self.lambda_1, self.lambda_2):
             p.param_group = LAGRANGIAN_PARAM_GROUP
         self._original: Optional[Dict[str, Cost]] = None
