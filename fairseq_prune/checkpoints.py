@@ -11,9 +11,11 @@ from fairseq import checkpoint_utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import DictConfig, open_dict
 
-#: fairseq model names whose checkpoints ``model.w2v_path`` accepts
+#: fairseq model names whose checkpoints ``model.w2v_path`` accepts (``wav2vec2_ctc_pruning``: only a dense one,
+#: e.g. trained with the dense recipe; its state-dict keys are those of ``wav2vec_ctc``)
 PRETRAINED_KINDS = ("wav2vec2",)
-FINETUNED_KINDS = ("wav2vec_ctc",)
+FINETUNED_KINDS = ("wav2vec_ctc", "wav2vec2_ctc_pruning")
+_PER_LAYER_SIZES = ("conv_channels", "attention_heads", "ffn_units")
 _FINETUNED_PREFIX = "w2v_encoder.w2v_model."
 _PROJ_PREFIX = "w2v_encoder.proj."
 
@@ -76,6 +78,8 @@ def load_w2v_source(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -
         model_state = state["model"]
         proj_state = None
     elif name in FINETUNED_KINDS:
+        if name == "wav2vec2_ctc_pruning":
+            _check_dense(path, state)
         w2v_args = state["cfg"].model.get("w2v_args", None)
         if w2v_args is None:
             raise CheckpointError(f"{path}: wav2vec_ctc checkpoint without model.w2v_args")
@@ -87,12 +91,10 @@ def load_w2v_source(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -
         proj_state = {k[len(_PROJ_PREFIX) :]: v for k, v in state["model"].items() if k.startswith(_PROJ_PREFIX)}
         proj_state = proj_state or None
     else:
-        hint = ""
-        if name == "wav2vec2_ctc_pruning":
-            hint = " It is already a wav2vec2_ctc_pruning checkpoint: continue it with checkpoint.restore_file."
         raise CheckpointError(
             f"{path}: model.w2v_path needs a wav2vec2 pre-training checkpoint (model {PRETRAINED_KINDS[0]!r}) "
-            f"or a fine-tuned CTC checkpoint (model {FINETUNED_KINDS[0]!r}); this one holds model {name!r}.{hint}"
+            f"or a fine-tuned CTC checkpoint (model {FINETUNED_KINDS[0]!r}, or a dense {FINETUNED_KINDS[1]!r}); "
+            f"this one holds model {name!r}"
         )
     inner = w2v_args.model.get("_name", None)
     if inner not in PRETRAINED_KINDS:
@@ -101,6 +103,25 @@ def load_w2v_source(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -
         w2v_args.criterion = None
         w2v_args.lr_scheduler = None
     return W2vSource(path, name, w2v_args, model_state, proj_state)
+
+
+def _check_dense(path: str, state: Dict[str, Any]) -> None:
+    """A ``wav2vec2_ctc_pruning`` checkpoint is a start point for pruning only while it is dense: no gates
+    (a pruning run in progress continues with ``checkpoint.restore_file``) and no per-layer sizes (an exported
+    model, whose shapes the new run's config would not know)."""
+    gates = [k for k in state["model"] if k.endswith("log_alpha")]
+    if gates:
+        raise CheckpointError(
+            f"{path}: this wav2vec2_ctc_pruning checkpoint holds hard concrete gates ({gates[0]}, ...): continue "
+            "its run with checkpoint.restore_file, or export it with fairseq-prune-export"
+        )
+    model_cfg = state["cfg"].model
+    pruned = [k for k in _PER_LAYER_SIZES if model_cfg.get(k, None)]
+    if pruned:
+        raise CheckpointError(
+            f"{path}: an exported (pruned) model (cfg.model.{pruned[0]} is set); model.w2v_path takes a dense "
+            "model: pruning an exported one again is not supported"
+        )
 
 
 def new_file_mode() -> int:

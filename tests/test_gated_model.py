@@ -90,10 +90,11 @@ def test_state_dict_keys_are_fairseqs_plus_gates(small_w2v, noise_data):
     assert len(gate_keys) == len(ours.w2v_model.gates())
 
 
-def finetuned_ctc_checkpoint(small_w2v, data, path):
-    """A fine-tuned wav2vec_ctc checkpoint as fairseq writes it (cfg with model.w2v_args, full state dict)."""
+def finetuned_ctc_checkpoint(small_w2v, data, path, model_dc=None):
+    """A fine-tuned wav2vec_ctc checkpoint as fairseq writes it (cfg with model.w2v_args, full state dict);
+    ``model_dc``: another model config to fine-tune instead (e.g. our dense wav2vec2_ctc_pruning)."""
     torch.manual_seed(5)
-    cfg = root_cfg(Wav2Vec2CtcConfig(w2v_path=small_w2v, feature_grad_mult=1.0), data)
+    cfg = root_cfg(model_dc or Wav2Vec2CtcConfig(w2v_path=small_w2v, feature_grad_mult=1.0), data)
     from fairseq import tasks
 
     task = tasks.setup_task(cfg.task)
@@ -118,6 +119,31 @@ def test_finetuned_ctc_checkpoint_keeps_encoder_and_output_layer(small_w2v, nois
     ref = finetuned_ctc_checkpoint(small_w2v, noise_data, ckpt)
     _, ours = build(Wav2Vec2CtcPruningConfig(w2v_path=ckpt, feature_grad_mult=1.0, **ALL_GATES), noise_data)
     assert_same_logits(ref, ours.eval())  # output layer included: nothing was copied by hand
+
+
+def test_dense_pruning_model_checkpoint_is_a_start_point(small_w2v, noise_data, tmp_path):
+    # e.g. the dense recipe's result: pruning starts from exactly that model (output layer included)
+    ckpt = str(tmp_path / "dense.pt")
+    ref = finetuned_ctc_checkpoint(small_w2v, noise_data, ckpt,
+                                   Wav2Vec2CtcPruningConfig(w2v_path=small_w2v, feature_grad_mult=1.0))
+    _, ours = build(Wav2Vec2CtcPruningConfig(w2v_path=ckpt, feature_grad_mult=1.0, **ALL_GATES), noise_data)
+    assert_same_logits(ref, ours.eval())
+
+
+def test_gated_or_exported_pruning_checkpoints_are_refused(small_w2v, noise_data, tmp_path):
+    gated = str(tmp_path / "gated.pt")
+    finetuned_ctc_checkpoint(small_w2v, noise_data, gated,
+                             Wav2Vec2CtcPruningConfig(w2v_path=small_w2v, feature_grad_mult=1.0, prune_ffn_units=True))
+    with pytest.raises(CheckpointError, match="gated.pt: .* holds hard concrete gates .* checkpoint.restore_file"):
+        build(Wav2Vec2CtcPruningConfig(w2v_path=gated), noise_data)
+
+    dense, exported = str(tmp_path / "dense.pt"), str(tmp_path / "exported.pt")
+    finetuned_ctc_checkpoint(small_w2v, noise_data, dense, Wav2Vec2CtcPruningConfig(w2v_path=small_w2v))
+    state = torch.load(dense, weights_only=False)
+    state["cfg"]["model"]["ffn_units"] = [16] * SMALL_W2V["encoder_layers"]
+    torch.save(state, exported)
+    with pytest.raises(CheckpointError, match=r"exported.pt: an exported \(pruned\) model \(cfg.model.ffn_units"):
+        build(Wav2Vec2CtcPruningConfig(w2v_path=exported), noise_data)
 
 
 def test_finetuned_ctc_checkpoint_with_other_dictionary_is_refused(small_w2v, noise_data, tmp_path):
