@@ -4,7 +4,8 @@
    manifests/librispeech.py and manifests/slurp.py (the code a user runs on the real corpora);
 2. start from the shipped mini wav2vec2 (assets/start_model, made by scripts/make_start_model.py);
 3. fine-tune on each corpus with fairseq-hydra-train --user-dir fairseq_prune: the dense baseline
-   (examples/mini/dense.yaml) and HJ-Pruning-MAC at 50% of the MACs (examples/mini/hj_macs.yaml);
+   (examples/mini/dense.yaml), then prune that dense model with HJ-Pruning-MAC at 50% of the MACs
+   (examples/mini/hj_macs.yaml, model.w2v_path = the dense checkpoint_best.pt);
 4. export the pruned models with fairseq-prune-export and decode every test subset with fairseq-prune-infer;
 5. measure the CPU latency of each exported model against its dense baseline (10 s input, batch 1);
 6. print one table and write it to results/demo.json and results/demo.md, with the pruned architectures
@@ -34,8 +35,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--validations", type=int, default=4,
                    help="validations (and saved checkpoints) per run; checkpoint_best is the best within the budget")
     p.add_argument("--warmup", type=int, default=300, help="target warm-up updates of the pruning runs")
-    p.add_argument("--lagrangian-lr", type=float, default=2.0,
-                   help="learning rate of the multipliers (dual ascent); see README, 'Tuning the Lagrangian'")
+    p.add_argument("--lagrangian-lr", type=float, default=20.0,
+                   help="learning rate of lambda_1 (dual ascent); see README, 'Tuning the Lagrangian'")
+    p.add_argument("--lambda-2-init", type=float, default=1000.0,
+                   help="lambda_2 at the first update: a quadratic penalty that damps lambda_1's wind-up")
     p.add_argument("--target", type=float, default=0.5, help="HJ-Pruning-MAC target (share of the MACs)")
     p.add_argument("--lr", type=float, default=0.0003, help="peak learning rate of the model's weights")
     p.add_argument("--max-tokens", type=int, default=160000, help="audio samples per batch")
@@ -86,11 +89,13 @@ def main(args: argparse.Namespace) -> List[Dict]:
         common = [f"dataset.max_tokens={args.max_tokens}"]
         dense = run_method(corpus, "dense", "dense", manifests[corpus], args.work, args.results, args.updates,
                            args.lr, *common, threads=threads, validations=args.validations)
+        # prune the dense baseline itself: the user's case, a fine-tuned model that is too slow
         pruned = run_method(corpus, "hj_macs", "HJ-Pruning-MAC", manifests[corpus], args.work, args.results,
                             args.updates, args.lr, *common, f"criterion.target={args.target}",
                             f"criterion.target_warmup_updates={args.warmup}",
-                            f"optimizer.groups.lagrangian.lr_float={args.lagrangian_lr}", threads=threads,
-                            validations=args.validations)
+                            f"optimizer.groups.lagrangian.lr_float={args.lagrangian_lr}",
+                            f"criterion.lambda_2_init={args.lambda_2_init}", threads=threads,
+                            validations=args.validations, start=dense["checkpoint"])
         return [dense, pruned]
 
     if threads:

@@ -96,14 +96,17 @@ def prepare_corpora(work: str, seed: int = 1) -> Dict[str, str]:
 
 
 def train(corpus: str, method: str, manifest: str, save_dir: str, updates: int, *overrides: str,
-          threads: int = 0) -> str:
-    """Fine-tune the start model on one corpus with a mini recipe; streams a progress line per log interval.
-    ``threads``: torch threads of the training process (0: torch's default)."""
+          threads: int = 0, start: str = START_MODEL) -> str:
+    """Fine-tune ``start`` (model.w2v_path: the shipped start model, or a dense model fine-tuned from it) on one
+    corpus with a mini recipe; streams a progress line per log interval. ``threads``: torch threads of the
+    training process (0: torch's default)."""
     import subprocess as sp
 
+    save_dir = os.path.abspath(save_dir)  # fairseq-hydra-train runs in its hydra folder: no relative paths
     cmd = [PY, "-m", "fairseq_cli.hydra_train", "--config-dir", "examples/mini", "--config-name", method,
            f"corpus={corpus}", f"common.user_dir={REPO}/fairseq_prune", f"task.data={manifest}",
-           f"model.w2v_path={START_MODEL}", f"optimization.max_update={updates}", f"checkpoint.save_dir={save_dir}",
+           f"model.w2v_path={os.path.abspath(start)}", f"optimization.max_update={updates}",
+           f"checkpoint.save_dir={save_dir}",
            f"hydra.run.dir={save_dir}/hydra", *overrides]
     if os.path.exists(save_dir):  # fairseq would resume from its checkpoint_last.pt: keep it aside, start afresh
         import shutil
@@ -199,9 +202,9 @@ def use_start_dictionary(manifest: str) -> None:
 
 
 def run_method(corpus: str, method: str, label: str, manifest: str, work: str, results: str, updates: int,
-               lr: float, *overrides: str, threads: int = 0, validations: int = 2) -> dict:
-    """Train one recipe on one corpus, export it if it has gates, decode the test subset. Returns a result row
-    (params, MACs at 10 s, WER, transcript WER and intent accuracy, training minutes, model path).
+               lr: float, *overrides: str, threads: int = 0, validations: int = 2, start: str = START_MODEL) -> dict:
+    """Train one recipe on one corpus from ``start``, export it if it has gates, decode the test subset. Returns
+    a result row (params, MACs at 10 s, WER, transcript WER and intent accuracy, training minutes, model path).
 
     ``lr``: peak learning rate of the model's weights (the start model is already fine-tuned: continuing needs
     a smaller one than training from a pre-trained model). ``validations``: how many times the run validates
@@ -215,8 +218,9 @@ def run_method(corpus: str, method: str, label: str, manifest: str, work: str, r
     every = max(updates // validations, 1)
     best = train(corpus, method, manifest, save, updates, f"dataset.validate_interval_updates={every}",
                  f"checkpoint.save_interval_updates={every}", "checkpoint.keep_interval_updates=1",
-                 "common.log_interval=100", lr_override, *overrides, threads=threads)
+                 "common.log_interval=100", lr_override, *overrides, threads=threads, start=start)
     row = {"corpus": corpus, "method": label, "recipe": method, "overrides": list(overrides),
+           "start": os.path.relpath(start, REPO),
            "train_minutes": round((time.time() - t0) / 60, 2)}
     model = best
     if method == "dense":

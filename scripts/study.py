@@ -1,8 +1,9 @@
 """`make study`: every method of the paper on the mini corpora at 2-3 targets each, i.e. the paper's
 accuracy-vs-computation comparison at small scale (WER on mini LibriSpeech, intent accuracy on mini SLURP).
 
-Each run fine-tunes the shipped start model with one examples/mini recipe, exports it, and decodes the test
-subset (scripts/mini.py, as `make demo`). Writes results/study.json, results/study.md and
+As in `make demo`, each corpus's dense baseline is fine-tuned from the shipped start model first; every
+pruning method then prunes that dense model with one examples/mini recipe, is exported, and decodes the test
+subset (scripts/mini.py). Writes results/study.json, results/study.md and
 results/study_accuracy_vs_gmacs.png.
 
     python scripts/study.py [--corpora librispeech slurp] [--updates 800] [--jobs 2] [--only LABEL ...]
@@ -48,7 +49,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--updates", type=int, default=800)
     p.add_argument("--validations", type=int, default=4, help="validations (and saved checkpoints) per run")
     p.add_argument("--warmup", type=int, default=300, help="target warm-up updates of the pruning runs")
-    p.add_argument("--lagrangian-lr", type=float, default=2.0, help="learning rate of the multipliers (as make demo)")
+    p.add_argument("--lagrangian-lr", type=float, default=20.0, help="learning rate of the multipliers (as make demo)")
+    p.add_argument("--lambda-2-init", type=float, default=1000.0, help="lambda_2 at the first update (as make demo)")
     p.add_argument("--lr", type=float, default=0.0003, help="peak learning rate of the model's weights")
     p.add_argument("--max-tokens", type=int, default=160000)
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each (1: one at a time)")
@@ -97,18 +99,29 @@ def main(args: argparse.Namespace) -> List[Dict]:
             extra = [f"dataset.max_tokens={args.max_tokens}"] + list(overrides)
             if recipe != "dense":
                 extra += [f"criterion.target_warmup_updates={args.warmup}",
-                          f"optimizer.groups.lagrangian.lr_float={args.lagrangian_lr}"]
+                          f"optimizer.groups.lagrangian.lr_float={args.lagrangian_lr}",
+                          f"criterion.lambda_2_init={args.lambda_2_init}"]
             jobs.append((corpus, recipe, label, manifests[corpus], extra))
     threads = 1 if args.jobs > 1 else 0
     log(f"{len(jobs)} runs, {args.jobs} at a time" + (", one thread each" if threads else ""))
 
     def one(job) -> Dict:
-        corpus, recipe, label, manifest, extra = job
+        corpus, recipe, label, manifest, extra, *start = job
         return run_method(corpus, recipe, label, manifest, args.work, args.results, args.updates, args.lr, *extra,
-                          threads=threads, validations=args.validations)
+                          threads=threads, validations=args.validations, start=start[0] if start else START_MODEL)
+
+    def dense_checkpoint(corpus: str, rows: List[Dict]) -> str:
+        done = [r["checkpoint"] for r in rows if r["corpus"] == corpus and r["recipe"] == "dense"]
+        path = done[0] if done else os.path.join(args.work, "runs", f"{corpus}-dense", "checkpoint_best.pt")
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} is missing: the pruning runs start from the dense baseline; include 'dense'")
+        return path
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(one, jobs))
+        # the dense baselines first: the pruning runs prune them
+        rows = list(pool.map(one, [job for job in jobs if job[1] == "dense"]))
+        pruning = [(*job, dense_checkpoint(job[0], rows)) for job in jobs if job[1] != "dense"]
+        rows += list(pool.map(one, pruning))
     minutes = round((time.time() - t0) / 60, 1)
     lines = ["| corpus | method | params (M) | GMACs (10 s) | WER (test) | intent acc. (test) |", "|" + "---|" * 6]
     lines += [f"| {r['corpus']} | {r['method']} | {row_cells(r)} |" for r in rows]
