@@ -11,6 +11,8 @@ from fairseq import checkpoint_utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import DictConfig, open_dict
 
+from .modules.hard_concrete import is_gate_key
+
 #: fairseq model names whose checkpoints ``model.w2v_path`` accepts (``wav2vec2_ctc_pruning``: only a dense one,
 #: e.g. trained with the dense recipe; its state-dict keys are those of ``wav2vec_ctc``)
 PRETRAINED_KINDS = ("wav2vec2",)
@@ -109,7 +111,7 @@ def _check_dense(path: str, state: Dict[str, Any]) -> None:
     """A ``wav2vec2_ctc_pruning`` checkpoint is a start point for pruning only while it is dense: no gates
     (a pruning run in progress continues with ``checkpoint.restore_file``) and no per-layer sizes (an exported
     model, whose shapes the new run's config would not know)."""
-    gates = [k for k in state["model"] if k.endswith("log_alpha")]
+    gates = [k for k in state["model"] if is_gate_key(k)]
     if gates:
         raise CheckpointError(
             f"{path}: this wav2vec2_ctc_pruning checkpoint holds hard concrete gates ({gates[0]}, ...): continue "

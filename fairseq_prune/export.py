@@ -32,7 +32,7 @@ from .checkpoints import CheckpointError, model_name, read_checkpoint
 from .cost import REFERENCE_SAMPLES, Cost, Wav2Vec2Shape, cost_breakdown
 from .models.wav2vec2_ctc_pruning import PrunableWav2VecEncoder, Wav2Vec2CtcPruning, Wav2Vec2CtcPruningConfig
 from .modules.conv_feature_extractor import support
-from .modules.hard_concrete import HardConcrete, combine
+from .modules.hard_concrete import HardConcrete, combine, is_gate_key
 
 _W2V = "w2v_encoder.w2v_model."
 PRUNE_FLAGS = (
@@ -135,7 +135,7 @@ class ExportResult:
 def prune(model: Wav2Vec2CtcPruning, model_cfg: DictConfig, round_to: int = 1) -> ExportResult:
     """The compact model (and its config) computing what ``model`` computes in eval mode."""
     w2v = model.w2v_model
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith("log_alpha")}
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items() if not is_gate_key(k)}
     fe = w2v.feature_extractor
     n_conv = len(fe.conv_layers)
     layer_norm_mode = w2v.cfg.extractor_mode == "layer_norm"

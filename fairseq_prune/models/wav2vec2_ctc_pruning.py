@@ -12,6 +12,7 @@ from torch import nn
 
 from ..checkpoints import CheckpointError, load_w2v_source
 from ..cost import Wav2Vec2Shape
+from ..modules.hard_concrete import is_gate_key
 from ..modules.wav2vec2 import PrunableWav2Vec2Model, PruningPlan
 
 logger = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class PrunableWav2VecEncoder(Wav2VecEncoder):
                 f"{path}: weights do not fit the model built from its config and the per-layer sizes "
                 f"(model.conv_channels / attention_heads / ffn_units): {e}"
             ) from e
-        missing = [k for k in missing if not k.endswith("log_alpha")]
+        missing = [k for k in missing if not is_gate_key(k)]
         unexpected = [k for k in unexpected if not k.startswith(_PRETRAINING_ONLY)]
         if missing or unexpected:
             raise CheckpointError(

@@ -22,6 +22,12 @@ PRUNING_PARAM_GROUP = "pruning"
 LAGRANGIAN_PARAM_GROUP = "lagrangian"
 
 
+def is_gate_key(key: str) -> bool:
+    """Whether a state-dict key is a gate's parameter (``...log_alpha``): what export drops and what a dense
+    checkpoint does not have."""
+    return key.endswith("log_alpha")
+
+
 class HardConcrete(nn.Module):
     """Hard concrete gates over ``n`` units.
 
