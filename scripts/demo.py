@@ -23,7 +23,8 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mini import (  # noqa: E402
-    REPO, START_MODEL, SUBSETS, log, prepare_corpora, pyplot, row_cells, run_method, speedup, use_start_dictionary
+    REPO, START_MODEL, SUBSETS, add_pruning_args, log, prepare_corpora, pruning_overrides, pyplot, row_cells,
+    run_method, speedup, use_start_dictionary
 )
 
 
@@ -34,11 +35,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--updates", type=int, default=800, help="fine-tuning updates per run")
     p.add_argument("--validations", type=int, default=4,
                    help="validations (and saved checkpoints) per run; checkpoint_best is the best within the budget")
-    p.add_argument("--warmup", type=int, default=300, help="target warm-up updates of the pruning runs")
-    p.add_argument("--lagrangian-lr", type=float, default=20.0,
-                   help="learning rate of lambda_1 (dual ascent); see README, 'Tuning the Lagrangian'")
-    p.add_argument("--lambda-2-init", type=float, default=1000.0,
-                   help="lambda_2 at the first update: a quadratic penalty that damps lambda_1's wind-up")
+    add_pruning_args(p)
     p.add_argument("--target", type=float, default=0.5, help="HJ-Pruning-MAC target (share of the MACs)")
     p.add_argument("--lr", type=float, default=0.0003, help="peak learning rate of the model's weights")
     p.add_argument("--max-tokens", type=int, default=160000, help="audio samples per batch")
@@ -92,9 +89,7 @@ def main(args: argparse.Namespace) -> List[Dict]:
         # prune the dense baseline itself: the user's case, a fine-tuned model that is too slow
         pruned = run_method(corpus, "hj_macs", "HJ-Pruning-MAC", manifests[corpus], args.work, args.results,
                             args.updates, args.lr, *common, f"criterion.target={args.target}",
-                            f"criterion.target_warmup_updates={args.warmup}",
-                            f"optimizer.groups.lagrangian.lr_float={args.lagrangian_lr}",
-                            f"criterion.lambda_2_init={args.lambda_2_init}", threads=threads,
+                            *pruning_overrides(args), threads=threads,
                             validations=args.validations, start=dense["checkpoint"])
         return [dense, pruned]
 

@@ -194,6 +194,27 @@ def dense_costs(checkpoint: str, manifest: str) -> dict:
     return {"params": int(t.params), "macs": int(t.macs)}
 
 
+def add_pruning_args(p) -> None:
+    """The pruning runs' schedule options that `make demo` and `make study` share."""
+    p.add_argument("--warmup", type=int, default=300, help="target warm-up updates of the pruning runs")
+    p.add_argument("--lagrangian-lr", type=float, default=None,
+                   help="learning rate of lambda_1 (dual ascent; default: the mini recipe's, 20); see README, "
+                   "'Tuning the Lagrangian'")
+    p.add_argument("--lambda-2-init", type=float, default=None,
+                   help="lambda_2 at the first update, a quadratic penalty that damps lambda_1's wind-up (default: "
+                   "the mini recipe's, 1000)")
+
+
+def pruning_overrides(args) -> List[str]:
+    """fairseq-hydra-train overrides for the options of :func:`add_pruning_args`."""
+    out = [f"criterion.target_warmup_updates={args.warmup}"]
+    if args.lagrangian_lr is not None:
+        out.append(f"optimizer.groups.lagrangian.lr_float={args.lagrangian_lr}")
+    if args.lambda_2_init is not None:
+        out.append(f"criterion.lambda_2_init={args.lambda_2_init}")
+    return out
+
+
 def use_start_dictionary(manifest: str) -> None:
     """Continue from the start model with the dictionary it was fine-tuned with (its output layer's units)."""
     import shutil

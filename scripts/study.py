@@ -18,7 +18,8 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mini import (  # noqa: E402
-    REPO, START_MODEL, SUBSETS, log, prepare_corpora, pyplot, row_cells, run_method, use_start_dictionary
+    REPO, START_MODEL, SUBSETS, add_pruning_args, log, prepare_corpora, pruning_overrides, pyplot, row_cells,
+    run_method, use_start_dictionary
 )
 
 # (label, recipe, criterion overrides): the paper's methods and baselines at 2-3 targets each
@@ -48,9 +49,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpora", nargs="+", default=["librispeech", "slurp"], choices=sorted(SUBSETS))
     p.add_argument("--updates", type=int, default=800)
     p.add_argument("--validations", type=int, default=4, help="validations (and saved checkpoints) per run")
-    p.add_argument("--warmup", type=int, default=300, help="target warm-up updates of the pruning runs")
-    p.add_argument("--lagrangian-lr", type=float, default=20.0, help="learning rate of the multipliers (as make demo)")
-    p.add_argument("--lambda-2-init", type=float, default=1000.0, help="lambda_2 at the first update (as make demo)")
+    add_pruning_args(p)
     p.add_argument("--lr", type=float, default=0.0003, help="peak learning rate of the model's weights")
     p.add_argument("--max-tokens", type=int, default=160000)
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each (1: one at a time)")
@@ -98,17 +97,15 @@ def main(args: argparse.Namespace) -> List[Dict]:
                 continue
             extra = [f"dataset.max_tokens={args.max_tokens}"] + list(overrides)
             if recipe != "dense":
-                extra += [f"criterion.target_warmup_updates={args.warmup}",
-                          f"optimizer.groups.lagrangian.lr_float={args.lagrangian_lr}",
-                          f"criterion.lambda_2_init={args.lambda_2_init}"]
+                extra += pruning_overrides(args)
             jobs.append((corpus, recipe, label, manifests[corpus], extra))
     threads = 1 if args.jobs > 1 else 0
     log(f"{len(jobs)} runs, {args.jobs} at a time" + (", one thread each" if threads else ""))
 
     def one(job) -> Dict:
-        corpus, recipe, label, manifest, extra, *start = job
+        corpus, recipe, label, manifest, extra, start = job
         return run_method(corpus, recipe, label, manifest, args.work, args.results, args.updates, args.lr, *extra,
-                          threads=threads, validations=args.validations, start=start[0] if start else START_MODEL)
+                          threads=threads, validations=args.validations, start=start)
 
     def dense_checkpoint(corpus: str, rows: List[Dict]) -> str:
         done = [r["checkpoint"] for r in rows if r["corpus"] == corpus and r["recipe"] == "dense"]
@@ -119,7 +116,7 @@ def main(args: argparse.Namespace) -> List[Dict]:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         # the dense baselines first: the pruning runs prune them
-        rows = list(pool.map(one, [job for job in jobs if job[1] == "dense"]))
+        rows = list(pool.map(one, [(*job, START_MODEL) for job in jobs if job[1] == "dense"]))
         pruning = [(*job, dense_checkpoint(job[0], rows)) for job in jobs if job[1] != "dense"]
         rows += list(pool.map(one, pruning))
     minutes = round((time.time() - t0) / 60, 1)
