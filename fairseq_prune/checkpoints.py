@@ -3,8 +3,8 @@ import argparse
 import contextlib
 import os
 import tempfile
-from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 from fairseq import checkpoint_utils
@@ -13,11 +13,13 @@ from omegaconf import DictConfig, open_dict
 
 from .modules.hard_concrete import is_gate_key
 
-#: fairseq model names whose checkpoints ``model.w2v_path`` accepts (``wav2vec2_ctc_pruning``: only a dense one,
-#: e.g. trained with the dense recipe; its state-dict keys are those of ``wav2vec_ctc``)
+#: fairseq model names whose checkpoints ``model.w2v_path`` accepts (``wav2vec2_ctc_pruning``: one without gates,
+#: i.e. trained with the dense recipe or written by fairseq-prune-export; its state-dict keys are those of
+#: ``wav2vec_ctc``)
 PRETRAINED_KINDS = ("wav2vec2",)
 FINETUNED_KINDS = ("wav2vec_ctc", "wav2vec2_ctc_pruning")
-_PER_LAYER_SIZES = ("conv_channels", "attention_heads", "ffn_units")
+#: the per-layer size fields of an exported model's ``cfg.model``
+PER_LAYER_SIZES = ("conv_channels", "attention_heads", "ffn_units")
 _FINETUNED_PREFIX = "w2v_encoder.w2v_model."
 _PROJ_PREFIX = "w2v_encoder.proj."
 
@@ -68,6 +70,9 @@ class W2vSource:
     w2v_args: DictConfig
     model_state: Dict[str, torch.Tensor]
     proj_state: Optional[Dict[str, torch.Tensor]] = None
+    #: an exported (pruned) model's per-layer sizes (``conv_channels``, ``attention_heads``, ``ffn_units``);
+    #: empty for a dense model
+    sizes: Dict[str, List[int]] = field(default_factory=dict)
 
 
 def load_w2v_source(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -> W2vSource:
@@ -75,13 +80,14 @@ def load_w2v_source(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -
     checkpoint. ``arg_overrides`` (dropouts, masking, ...) are applied as fairseq's ``Wav2VecEncoder`` does."""
     state = read_checkpoint(path, arg_overrides)
     name = model_name(state)
+    sizes = {}
     if name in PRETRAINED_KINDS:
         w2v_args = state["cfg"]
         model_state = state["model"]
         proj_state = None
     elif name in FINETUNED_KINDS:
         if name == "wav2vec2_ctc_pruning":
-            _check_dense(path, state)
+            sizes = _gate_free_sizes(path, state)
         w2v_args = state["cfg"].model.get("w2v_args", None)
         if w2v_args is None:
             raise CheckpointError(f"{path}: wav2vec_ctc checkpoint without model.w2v_args")
@@ -104,13 +110,13 @@ def load_w2v_source(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -
     with open_dict(w2v_args):
         w2v_args.criterion = None
         w2v_args.lr_scheduler = None
-    return W2vSource(path, name, w2v_args, model_state, proj_state)
+    return W2vSource(path, name, w2v_args, model_state, proj_state, sizes)
 
 
-def _check_dense(path: str, state: Dict[str, Any]) -> None:
-    """A ``wav2vec2_ctc_pruning`` checkpoint is a start point for pruning only while it is dense: no gates
-    (a pruning run in progress continues with ``checkpoint.restore_file``) and no per-layer sizes (an exported
-    model, whose shapes the new run's config would not know)."""
+def _gate_free_sizes(path: str, state: Dict[str, Any]) -> Dict[str, List[int]]:
+    """A ``wav2vec2_ctc_pruning`` checkpoint is a start point only without gates (a pruning run in progress
+    continues with ``checkpoint.restore_file``, or is exported first). Returns its per-layer sizes: those of an
+    exported model, empty for a dense one."""
     gates = [k for k in state["model"] if is_gate_key(k)]
     if gates:
         raise CheckpointError(
@@ -118,12 +124,7 @@ def _check_dense(path: str, state: Dict[str, Any]) -> None:
             "its run with checkpoint.restore_file, or export it with fairseq-prune-export"
         )
     model_cfg = state["cfg"].model
-    pruned = [k for k in _PER_LAYER_SIZES if model_cfg.get(k, None)]
-    if pruned:
-        raise CheckpointError(
-            f"{path}: an exported (pruned) model (cfg.model.{pruned[0]} is set); model.w2v_path takes a dense "
-            "model: pruning an exported one again is not supported"
-        )
+    return {k: [int(n) for n in model_cfg[k]] for k in PER_LAYER_SIZES if model_cfg.get(k, None)}
 
 
 def new_file_mode() -> int:

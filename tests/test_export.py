@@ -9,9 +9,13 @@ import torch
 from fairseq import checkpoint_utils
 
 import fairseq_prune  # noqa: F401 (registers the model for fairseq's loader)
-from fairseq_prune.checkpoints import write_wav2vec2_checkpoint
+from fairseq_prune.checkpoints import CheckpointError, write_wav2vec2_checkpoint
 from fairseq_prune.export import load_gated
-from helpers import SMALL_W2V, hydra_train, padded_batch, run
+from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
+from fairseq_prune.modules.hard_concrete import is_gate_key
+from helpers import SMALL_W2V, build, hydra_train, padded_batch, run
+
+PER_LAYER = ("conv_channels", "attention_heads", "ffn_units")
 
 GATES = "w2v_encoder.w2v_model."
 
@@ -50,10 +54,14 @@ def logits(model, lengths=(16000, 11000, 7000)):
         return model.get_logits(model(source=x, padding_mask=pad))
 
 
+def load_compact(path, data):
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides={"data": data})
+    return models[0].eval()
+
+
 def assert_same_outputs(gated_ckpt, exported_ckpt, data, tol=1e-4):
     _, gated = load_gated(str(gated_ckpt))
-    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([str(exported_ckpt)], arg_overrides={"data": data})
-    compact = models[0].eval()
+    compact = load_compact(exported_ckpt, data)
     a, b = logits(gated), logits(compact)
     finite = torch.isfinite(a)
     assert torch.equal(finite, torch.isfinite(b)) and not finite.all()
@@ -96,6 +104,36 @@ def test_exported_model_equals_gated_model(tmp_path, small_w2v, noise_data, conf
     assert state["cfg"]["model"]["conv_channels"] == after["conv_channels"]
     assert not any(state["cfg"]["model"][f] for f in ("prune_conv_channels", "prune_attention_heads", "prune_ffn_units"))
     assert state["pruning_summary"]["after"]["macs"] < state["pruning_summary"]["before"]["macs"]
+
+
+@pytest.mark.slow
+def test_exported_model_fine_tunes_as_it_is(tmp_path, small_w2v, noise_data):
+    """model.w2v_path = an exported model and a recipe without gates (dense): the run builds the exported
+    per-layer sizes, starts from exactly the exported model and writes compact checkpoints that load alone."""
+    src = close_some_gates(trained(tmp_path, noise_data, small_w2v, "hj_macs"), tmp_path / "gated.pt")
+    out = tmp_path / "exported.pt"
+    export(src, out)
+    sizes = {k: torch.load(out, weights_only=True)["cfg"]["model"][k] for k in PER_LAYER}
+    exported = load_compact(out, noise_data)
+
+    _, start = build(Wav2Vec2CtcPruningConfig(w2v_path=str(out)), noise_data)
+    assert torch.equal(logits(start.eval()), logits(exported))  # same model, padding included
+    assert sum(p.numel() for p in start.parameters()) == sum(p.numel() for p in exported.parameters())
+
+    save = tmp_path / "finetuned"
+    hydra_train("dense", noise_data, str(out), str(save), "optimization.max_update=4")
+    state = torch.load(save / "checkpoint_last.pt", weights_only=True)
+    assert {k: state["cfg"]["model"][k] for k in PER_LAYER} == sizes
+    assert not any(is_gate_key(k) for k in state["model"])
+    tuned = load_compact(save / "checkpoint_last.pt", noise_data)  # no w2v_path needed to load it
+    assert [p.shape for p in tuned.parameters()] == [p.shape for p in exported.parameters()]
+    assert not torch.equal(logits(tuned), logits(exported))  # it trained
+
+    with pytest.raises(CheckpointError, match=r"exported.pt: an exported \(pruned\) model cannot be pruned again"):
+        build(Wav2Vec2CtcPruningConfig(w2v_path=str(out), prune_ffn_units=True), noise_data)
+    other = [n + 1 for n in sizes["ffn_units"]]
+    with pytest.raises(CheckpointError, match=rf"exported with model.ffn_units=\{sizes['ffn_units']}, but this run"):
+        build(Wav2Vec2CtcPruningConfig(w2v_path=str(out), ffn_units=other), noise_data)
 
 
 @pytest.mark.slow

@@ -143,6 +143,8 @@ class PrunableWav2VecEncoder(Wav2VecEncoder):
                 f"task.normalize={cfg.normalize} but the wav2vec2 model was pre-trained with "
                 f"normalize={pretrained_normalize}; set task.normalize to match"
             )
+        if source is not None and source.sizes:
+            self._adopt_exported_sizes(cfg, source)
         plan = plan_from_cfg(cfg)
         if plan.prune_conv_channels and w2v_args.model.feature_grad_mult <= 0:
             raise ValueError(
@@ -169,6 +171,25 @@ class PrunableWav2VecEncoder(Wav2VecEncoder):
                     f"has {output_size} symbols; use the dictionary the model was fine-tuned with"
                 )
             self.proj.load_state_dict(source.proj_state)
+
+    @staticmethod
+    def _adopt_exported_sizes(cfg: Wav2Vec2CtcPruningConfig, source) -> None:
+        """``model.w2v_path`` is an exported (pruned) model: fine-tune it as it is, i.e. build the per-layer
+        sizes it was exported with (written into ``cfg``, so this run's checkpoints are compact models too)."""
+        if plan_from_cfg(cfg).any_gates:
+            raise CheckpointError(
+                f"{source.path}: an exported (pruned) model cannot be pruned again (this run sets model.prune_* "
+                "options); fine-tune it without gates (e.g. the dense recipe), or prune the dense model it came from"
+            )
+        with open_dict(cfg):
+            for key, sizes in source.sizes.items():
+                given = [int(n) for n in cfg[key]]
+                if given and given != sizes:
+                    raise CheckpointError(
+                        f"{source.path}: exported with model.{key}={sizes}, but this run sets model.{key}={given}; "
+                        "leave it empty to fine-tune the exported model"
+                    )
+                cfg[key] = sizes
 
     @staticmethod
     def _load_w2v_weights(model: PrunableWav2Vec2Model, state: Dict[str, Any], path: str) -> None:

@@ -14,6 +14,10 @@ follows the same trajectory as an uninterrupted one.
 
 After each optimizer step the gates' ``log_alpha`` are projected back into their range
 (``model.gate_log_alpha_limit``), which keeps every gate within reach of the sparsity constraint.
+
+Like fairseq's task copies the ``w2v_args`` the model read from ``model.w2v_path`` into the run's config, this
+task copies the per-layer sizes the model adopted from an exported ``w2v_path`` (fine-tuning a pruned model), so
+that the run's checkpoints describe the compact model they hold.
 """
 from dataclasses import dataclass
 
@@ -23,7 +27,9 @@ from fairseq.data import data_utils
 from fairseq.logging.meters import safe_round
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
+from omegaconf import open_dict
 
+from ..checkpoints import PER_LAYER_SIZES
 from ..decoding import greedy_units, target_words, units_to_words
 from ..intent import intent_counts
 
@@ -64,6 +70,16 @@ class AudioPruningTask(AudioFinetuningTask):
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         with data_utils.numpy_seed(self.cfg.seed, update_num, rank):
             return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def build_model(self, model_cfg, from_checkpoint=False):
+        model = super().build_model(model_cfg, from_checkpoint)  # copies w2v_args back into the run's config
+        # so do the per-layer sizes adopted from an exported model.w2v_path: the run's checkpoints must know them
+        built = getattr(model, "cfg", None)
+        if built is not None and hasattr(built, "ffn_units"):
+            with open_dict(model_cfg):
+                for key in PER_LAYER_SIZES:
+                    model_cfg[key] = built[key]
+        return model
 
     def optimizer_step(self, optimizer, model, update_num):
         super().optimizer_step(optimizer, model, update_num)
