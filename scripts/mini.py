@@ -173,17 +173,20 @@ def load_for_timing(checkpoint: str, manifest: str):
     return models[0].eval()
 
 
-def speedup(dense_ckpt: str, pruned_ckpt: str, manifest: str, threads: int = 1, rounds: int = 5) -> dict:
-    """CPU latency of the exported model vs its dense baseline on one 10 s utterance, interleaved, medians."""
+def speedups(dense_ckpt: str, pruned_ckpts: List[str], manifest: str, threads: int = 1, rounds: int = 5) -> List[dict]:
+    """CPU latency of each exported model vs its dense baseline on one 10 s utterance, all models interleaved
+    in each round, medians."""
     import torch
 
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     from bench_inference import time_models
 
     torch.set_num_threads(threads)
-    models = {"dense": load_for_timing(dense_ckpt, manifest), "pruned": load_for_timing(pruned_ckpt, manifest)}
+    models = {"dense": load_for_timing(dense_ckpt, manifest)}
+    models.update({i: load_for_timing(ckpt, manifest) for i, ckpt in enumerate(pruned_ckpts)})
     t = time_models(models, torch.randn(1, 160000), rounds)
-    return {"dense_s": t["dense"], "pruned_s": t["pruned"], "speedup": t["dense"] / t["pruned"], "threads": threads}
+    return [{"dense_s": t["dense"], "pruned_s": t[i], "speedup": t["dense"] / t[i], "threads": threads}
+            for i in range(len(pruned_ckpts))]
 
 
 def dense_costs(checkpoint: str, manifest: str) -> dict:
