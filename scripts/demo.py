@@ -72,6 +72,7 @@ def plot(rows: List[Dict], path: str) -> None:
                 ax.annotate(r["method"], (r["macs"] / 1e9, r[key]), textcoords="offset points", xytext=(6, 4))
         ax.set_xlabel("GMACs for 10 s of audio")
         ax.set_ylabel(label)
+        ax.margins(x=0.25, y=0.12)  # room for the labels
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -190,11 +190,15 @@ def speedups(dense_ckpt: str, pruned_ckpts: List[str], manifest: str, threads: i
 
 
 def dense_costs(checkpoint: str, manifest: str) -> dict:
+    from fairseq_prune.checkpoints import PER_LAYER_SIZES
     from fairseq_prune.cost import REFERENCE_SAMPLES, cost_breakdown, totals
 
     model = load_for_timing(checkpoint, manifest)
     t = totals(cost_breakdown(model.shape(), REFERENCE_SAMPLES))["total"]
-    return {"params": int(t.params), "macs": int(t.macs)}
+    out = {"params": int(t.params), "macs": int(t.macs)}
+    if all(model.cfg.get(k, None) for k in PER_LAYER_SIZES):  # a fine-tuned exported model: its sizes
+        out["architecture"] = {k: list(model.cfg[k]) for k in PER_LAYER_SIZES}
+    return out
 
 
 def add_pruning_args(p) -> None:
@@ -250,10 +254,12 @@ def run_method(corpus: str, method: str, label: str, manifest: str, work: str, r
     if method == "dense":
         row.update(dense_costs(best, manifest))
     else:
+        from fairseq_prune.checkpoints import PER_LAYER_SIZES
+
         model = os.path.join(save, "pruned.pt")
         summary = export(best, model, os.path.join(results, f"arch-{name}.png"))
         row.update({"params": summary["after"]["params"], "macs": summary["after"]["macs"],
-                    "architecture": {k: summary["after"][k] for k in ("conv_channels", "attention_heads", "ffn_units")}})
+                    "architecture": {k: summary["after"][k] for k in PER_LAYER_SIZES}})
     scores = decode(manifest, SUBSETS[corpus]["test"], model, os.path.join(save, "decode"))
     row.update({"wer": scores.get("wer"), "transcript_wer": scores.get("transcript_wer"),
                 "intent_accuracy": scores.get("intent_accuracy"), "checkpoint": model})
