@@ -97,8 +97,8 @@ def prepare_corpora(work: str, seed: int = 1) -> Dict[str, str]:
 
 def train(corpus: str, method: str, manifest: str, save_dir: str, updates: int, *overrides: str,
           threads: int = 0, start: str = START_MODEL) -> str:
-    """Fine-tune ``start`` (model.w2v_path: the shipped start model, or a dense model fine-tuned from it) on one
-    corpus with a mini recipe; streams a progress line per log interval. ``threads``: torch threads of the
+    """Fine-tune ``start`` (model.w2v_path: the shipped start model, a dense model fine-tuned from it, or an
+    exported model for a recipe without gates) on one corpus with a mini recipe; streams a progress line per log interval. ``threads``: torch threads of the
     training process (0: torch's default)."""
     import subprocess as sp
 

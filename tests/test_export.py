@@ -9,13 +9,11 @@ import torch
 from fairseq import checkpoint_utils
 
 import fairseq_prune  # noqa: F401 (registers the model for fairseq's loader)
-from fairseq_prune.checkpoints import CheckpointError, write_wav2vec2_checkpoint
+from fairseq_prune.checkpoints import PER_LAYER_SIZES, CheckpointError, write_wav2vec2_checkpoint
 from fairseq_prune.export import load_gated
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
 from fairseq_prune.modules.hard_concrete import is_gate_key
 from helpers import SMALL_W2V, build, hydra_train, padded_batch, run
-
-PER_LAYER = ("conv_channels", "attention_heads", "ffn_units")
 
 GATES = "w2v_encoder.w2v_model."
 
@@ -113,7 +111,7 @@ def test_exported_model_fine_tunes_as_it_is(tmp_path, small_w2v, noise_data):
     src = close_some_gates(trained(tmp_path, noise_data, small_w2v, "hj_macs"), tmp_path / "gated.pt")
     out = tmp_path / "exported.pt"
     export(src, out)
-    sizes = {k: torch.load(out, weights_only=True)["cfg"]["model"][k] for k in PER_LAYER}
+    sizes = {k: torch.load(out, weights_only=True)["cfg"]["model"][k] for k in PER_LAYER_SIZES}
     exported = load_compact(out, noise_data)
 
     _, start = build(Wav2Vec2CtcPruningConfig(w2v_path=str(out)), noise_data)
@@ -123,7 +121,7 @@ def test_exported_model_fine_tunes_as_it_is(tmp_path, small_w2v, noise_data):
     save = tmp_path / "finetuned"
     hydra_train("dense", noise_data, str(out), str(save), "optimization.max_update=4")
     state = torch.load(save / "checkpoint_last.pt", weights_only=True)
-    assert {k: state["cfg"]["model"][k] for k in PER_LAYER} == sizes
+    assert {k: state["cfg"]["model"][k] for k in PER_LAYER_SIZES} == sizes
     assert not any(is_gate_key(k) for k in state["model"])
     tuned = load_compact(save / "checkpoint_last.pt", noise_data)  # no w2v_path needed to load it
     assert [p.shape for p in tuned.parameters()] == [p.shape for p in exported.parameters()]
