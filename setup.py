@@ -13,11 +13,12 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["fairseq_prune", "fairseq_prune.*"]),
     install_requires=["soundfile", "editdistance", "sentencepiece", "tqdm", "matplotlib"],
-    extras_require={"lm": ["flashlight-text"]},
+    extras_require={"lm": ["flashlight-text"], "onnx": ["onnx", "onnxruntime"]},
     entry_points={
         "console_scripts": [
             "fairseq-prune-export=fairseq_prune.cli.export:cli_main",
             "fairseq-prune-infer=fairseq_prune.cli.infer:cli_main",
+            "fairseq-prune-onnx=fairseq_prune.cli.onnx:cli_main",
         ]
     },
 )

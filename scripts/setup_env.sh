@@ -43,6 +43,8 @@ echo "[setup] fairseq runtime requirements and ours"
   scipy tqdm packaging soundfile sentencepiece editdistance matplotlib pytest
 echo "[setup] flashlight-text (optional for users: beam-search decoding; the tests use it)"
 "${pip[@]}" flashlight-text
+echo "[setup] onnx, onnxruntime (optional for users: fairseq-prune-onnx and --backend onnxruntime; the tests use them)"
+"${pip[@]}" onnx onnxruntime
 echo "[setup] fairseq-prune (editable)"
 "${pip[@]}" --no-deps --no-build-isolation -e "$root"
 "$venv/bin/python" -c "import fairseq, torchaudio, fairseq_prune" 2>/dev/null

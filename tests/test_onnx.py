@@ -1,0 +1,268 @@
+"""ONNX: the export-only traceable forward equals fairseq's; ``fairseq-prune-onnx`` writes models that onnxruntime
+runs with PyTorch's outputs (≤ 1e-4) and decodes alone from their metadata; ``fairseq-prune-infer --backend
+onnxruntime`` writes the same hypotheses as the PyTorch path; bad input is one clear line and writes nothing."""
+import json
+import os
+import shutil
+import stat
+import sys
+
+import numpy as np
+import pytest
+import torch
+from fairseq import tasks
+from fairseq.data import Dictionary
+from fairseq.data.data_utils import post_process
+from omegaconf import OmegaConf
+
+pytest.importorskip("onnxruntime", reason="the ONNX path needs pip install -e '.[onnx]'")
+pytest.importorskip("onnx", reason="the ONNX path needs pip install -e '.[onnx]'")
+
+import fairseq_prune  # noqa: E402,F401  (registers our model and task)
+from fairseq_prune.checkpoints import wav2vec2_pretraining_cfg  # noqa: E402
+from fairseq_prune.cli import export as export_cli  # noqa: E402
+from fairseq_prune.cli import onnx as onnx_cli  # noqa: E402
+from fairseq_prune.decoding import greedy_units  # noqa: E402
+from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning, Wav2Vec2CtcPruningConfig  # noqa: E402
+from fairseq_prune.onnx_export import (  # noqa: E402
+    OnnxSpec, TraceableCtc, export_onnx, random_padded_batch, reference_emissions,
+)
+from fairseq_prune.onnx_runtime import OnnxCtcModel  # noqa: E402
+from helpers import SMALL_W2V, root_cfg, write_noise_corpus  # noqa: E402
+from infer_fixtures import write_plain_ctc_checkpoint  # noqa: E402
+
+INTENTS = ["alarm_set", "play_music"]
+W2V = "w2v_encoder.w2v_model."
+#: lengths (samples) of the equality checks: 23457, 13001, 6001 and 401 are not multiples of the 320-sample stride;
+#: 401 gives a single frame
+BATCHES = [(16000,), (23457,), (31999, 12345, 6001), (401, 16000)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> str:
+    """Noise audio, SLURP-style labels (intent token first), with an intent inventory like manifests/slurp.py's."""
+    folder = write_noise_corpus(str(tmp_path_factory.mktemp("onnx-corpus")), {"test": 9}, seed=3, intents=INTENTS)
+    with open(os.path.join(folder, "intents.json"), "w") as f:
+        json.dump({"intents": INTENTS}, f)
+    return folder
+
+
+def write_gated_checkpoint(path: str, w2v: str, data: str) -> str:
+    """A wav2vec2_ctc_pruning checkpoint with random gates: every head of layer 0 and every FFN unit of layer 1
+    closed, the other gates drawn in [-3, 3] (some closed, some open, some folded values between 0 and 1)."""
+    model_cfg = Wav2Vec2CtcPruningConfig(
+        w2v_path=w2v, prune_conv_channels=True, prune_attention_heads=True, prune_ffn_units=True,
+        feature_grad_mult=1.0, mask_prob=0.0, mask_channel_prob=0.0,
+    )
+    cfg = root_cfg(model_cfg, data, task="audio_pruning")
+    cfg.criterion = OmegaConf.create({"_name": "ctc", "post_process": "letter"})
+    torch.manual_seed(1)
+    model = tasks.setup_task(cfg.task).build_model(cfg.model)
+    sd = model.state_dict()
+    for k in sd:
+        if k.endswith("log_alpha"):
+            sd[k].uniform_(-3.0, 3.0)
+    sd[W2V + "encoder.layers.0.head_gate.log_alpha"].fill_(-10.0)
+    sd[W2V + "encoder.layers.1.ffn_unit_gate.log_alpha"].fill_(-10.0)
+    torch.save({
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "model": sd,
+        "optimizer_history": [{"criterion_name": "CtcCriterion", "optimizer_name": "FairseqAdam",
+                               "lr_scheduler_state": {}, "num_updates": 0}],
+        "extra_state": {}, "last_optimizer_state": None,
+    }, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory, small_w2v, corpus) -> str:
+    return write_gated_checkpoint(str(tmp_path_factory.mktemp("gated") / "gated.pt"), small_w2v, corpus)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, gated) -> str:
+    """The compact model fairseq-prune-export writes (a layer without heads, a layer without FFN units)."""
+    out = str(tmp_path_factory.mktemp("exported") / "pruned.pt")
+    export_cli.main(export_cli.get_parser().parse_args([gated, out]))
+    sizes = torch.load(out, weights_only=True)["cfg"]["model"]
+    assert sizes["attention_heads"][0] == 0 and sizes["ffn_units"][1] == 0 and min(sizes["conv_channels"]) < 32
+    return out
+
+
+@pytest.fixture(scope="module")
+def plain_ctc(tmp_path_factory, small_w2v, corpus) -> str:
+    """fairseq's own wav2vec_ctc (fairseq's MultiheadAttention and encoder layers)."""
+    return write_plain_ctc_checkpoint(str(tmp_path_factory.mktemp("plain") / "plain.pt"), small_w2v, corpus)
+
+
+def load(path: str, data: str):
+    state = onnx_cli.read_exportable(path)
+    return onnx_cli.build_model(path, state, Dictionary.load(os.path.join(data, "dict.ltr.txt")))
+
+
+def to_onnx(ckpt: str, out: str, *flags: str) -> dict:
+    return onnx_cli.main(onnx_cli.get_parser().parse_args([ckpt, out, *flags]))
+
+
+def assert_close(ours: torch.Tensor, ref: torch.Tensor, tol: float) -> None:
+    finite = torch.isfinite(ref)
+    assert torch.equal(finite, torch.isfinite(torch.as_tensor(ours)))
+    assert (torch.as_tensor(ours)[finite] - ref[finite]).abs().max().item() <= tol
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the traceable equivalent, in PyTorch
+
+
+def layer_norm_variant() -> Wav2Vec2CtcPruning:
+    """extractor_mode=layer_norm, pre-LayerNorm Transformer, a blank weight: the branches the others miss."""
+    w2v_args = wav2vec2_pretraining_cfg(dict(SMALL_W2V, extractor_mode="layer_norm", layer_norm_first=True,
+                                             conv_bias=True))
+    torch.manual_seed(2)
+    model = Wav2Vec2CtcPruning.from_w2v_args(w2v_args, 30, attention_heads=[2, 0], ffn_units=[0, 40],
+                                             blank_weight=0.7, blank_mode="add")
+    return model.eval()
+
+
+@pytest.mark.parametrize("which", ["exported", "plain_ctc", "layer_norm"])
+@pytest.mark.parametrize("log_probs", [True, False])
+def test_traceable_forward_equals_fairseq(which, log_probs, request, corpus):
+    """TraceableCtc (what is exported) computes fairseq's get_logits(model(...)) on padded and unpadded batches,
+    frame lengths included, for our compact model, fairseq's own wav2vec_ctc, and a layer_norm/pre-LN model."""
+    model = layer_norm_variant() if which == "layer_norm" else load(request.getfixturevalue(which), corpus)
+    traceable = TraceableCtc(model, log_probs).eval()
+    for i, lengths in enumerate(BATCHES):
+        source, padding_mask = random_padded_batch(lengths, i)
+        with torch.no_grad():
+            ref = reference_emissions(model, source, padding_mask, log_probs)
+            ours, frames = traceable(source, padding_mask)
+            assert_close(ours, ref, 1e-5)
+            assert torch.equal(frames, torch.isfinite(ref[..., 1]).long().sum(-1))
+            if len(set(lengths)) == 1:  # no padding-mask input: fairseq's padding_mask=None
+                ours, frames = traceable(source, None)
+                assert_close(ours, reference_emissions(model, source, None, log_probs), 1e-5)
+                assert frames.tolist() == [ref.shape[1]] * len(lengths)
+
+
+def test_export_leaves_the_model_unchanged(plain_ctc, corpus):
+    """Tracing for export neither changes the weights (weight norm stays) nor the mode or the outputs."""
+    model = load(plain_ctc, corpus)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    source, padding_mask = random_padded_batch((12000, 7000), 0)
+    out_before = reference_emissions(model, source, padding_mask, True)
+    export_onnx(model, OnnxSpec(), {"k": "v"})
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not model.training and any(k.endswith("weight_g") for k in after)
+    assert torch.equal(out_before, reference_emissions(model, source, padding_mask, True))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fairseq-prune-onnx
+
+
+def test_exported_model_to_onnx(tmp_path, exported, corpus):
+    """The compact model's ONNX file: onnxruntime's outputs equal PyTorch's on new lengths and padded batches,
+    the metadata holds the dictionary and intents, and the file is complete and readable."""
+    out = tmp_path / "pruned.onnx"
+    result = to_onnx(exported, str(out))
+    assert result["max_abs_diff"] <= 1e-4 and (20000, 13001, 6001) in result["batches"]
+    assert sorted(os.listdir(tmp_path)) == ["pruned.onnx"]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+    onnx_model = OnnxCtcModel(str(out), threads=1)
+    model = load(exported, corpus)
+    for i, lengths in enumerate(BATCHES):
+        source, padding_mask = random_padded_batch(lengths, 100 + i)
+        scores, frames = onnx_model.emissions(source.numpy(), padding_mask.numpy())
+        ref = reference_emissions(model, source, padding_mask, log_probs=True)
+        assert_close(torch.from_numpy(scores), ref, 1e-4)
+        assert frames.tolist() == torch.isfinite(ref[..., 1]).sum(-1).tolist()
+
+    meta = onnx_model.meta
+    dictionary = Dictionary.load(os.path.join(corpus, "dict.ltr.txt"))
+    assert meta.symbols == dictionary.symbols and onnx_model.dictionary.symbols == dictionary.symbols
+    assert meta.intents == INTENTS and meta.model == "wav2vec2_ctc_pruning" and meta.log_probs
+    assert meta.post_process == "letter" and meta.labels == "ltr" and meta.blank_index == 0
+    assert meta.fairseq_task["_name"] == "audio_pruning" and meta.padding_mask_input
+
+
+def test_plain_wav2vec_ctc_logits_without_padding_mask(tmp_path, plain_ctc, corpus):
+    """fairseq's wav2vec_ctc, logits out, no padding-mask input: equal outputs on unpadded batches of any size;
+    a padded batch is refused with a message saying why."""
+    out = tmp_path / "plain.onnx"
+    result = to_onnx(plain_ctc, str(out), "--output", "logits", "--no-padding-mask")
+    assert all(len(set(b)) == 1 for b in result["batches"]) and (8000, 8000) in result["batches"]
+    onnx_model = OnnxCtcModel(str(out))
+    assert onnx_model.session.get_outputs()[0].name == "logits" and not onnx_model.has_padding_mask
+    model = load(plain_ctc, corpus)
+    for lengths in [(27777,), (9001, 9001, 9001)]:
+        source, _ = random_padded_batch(lengths, 7)
+        scores, frames = onnx_model.emissions(source.numpy())
+        assert_close(torch.from_numpy(scores), reference_emissions(model, source, None, log_probs=False), 1e-4)
+        assert frames.tolist() == [scores.shape[1]] * len(lengths)
+    source, padding_mask = random_padded_batch((9000, 5000), 0)
+    with pytest.raises(ValueError, match="without a padding-mask input"):
+        onnx_model.emissions(source.numpy(), padding_mask.numpy())
+
+
+def test_onnx_file_alone_transcribes_like_pytorch(tmp_path, exported, corpus):
+    """Copied into an empty folder, the ONNX file decodes a padded batch with its own metadata only, into the
+    words PyTorch's greedy decoding gives with the manifest's dictionary."""
+    out = tmp_path / "built" / "pruned.onnx"
+    out.parent.mkdir()
+    to_onnx(exported, str(out))
+    alone = tmp_path / "alone" / "model.onnx"
+    alone.parent.mkdir()
+    shutil.copy(out, alone)
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(n).astype("float32") * 0.1 for n in (24000, 17777, 9000)]
+    words = OnnxCtcModel(str(alone)).transcribe(waves)
+
+    model = load(exported, corpus)
+    dictionary = Dictionary.load(os.path.join(corpus, "dict.ltr.txt"))
+    source, padding_mask = random_padded_batch([len(w) for w in waves], 0)
+    for i, w in enumerate(waves):
+        source[i, : len(w)] = torch.from_numpy(w)
+    ref = reference_emissions(model, source, padding_mask, log_probs=False)
+    units = greedy_units(ref, torch.isfinite(ref[..., 1]).sum(-1), blank=0)
+    expected = [post_process(dictionary.string(torch.LongTensor(u)), "letter") for u in units]
+    assert words == expected and sum(bool(w) for w in words) >= 2, (words, expected)
+
+
+BAD = {
+    # name: (arguments after the checkpoint, expected parts of the one error line)
+    "missing folder": (lambda t: [str(t / "nowhere" / "m.onnx")], ["nowhere", "does not exist"]),
+    "existing file": (lambda t: [str(t / "exists.onnx")], ["exists.onnx exists", "--force"]),
+    "missing dict": (lambda t: [str(t / "m.onnx"), "--dict", str(t / "dict.txt")], ["dict.txt", "not found (--dict)"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD) + ["gated checkpoint", "failed check"])
+def test_bad_input_one_clear_error(case, tmp_path, exported, gated, monkeypatch, capsys):
+    """One ``fairseq-prune-onnx: error:`` line naming the file, exit status 2, nothing written or changed."""
+    (tmp_path / "exists.onnx").write_bytes(b"keep me")
+    if case == "gated checkpoint":
+        args, expected = [gated, str(tmp_path / "m.onnx")], ["gated.pt", "hard concrete gates", "fairseq-prune-export"]
+    elif case == "failed check":  # PyTorch's reference moved by 1e-3: the check must refuse the file
+        import fairseq_prune.onnx_export as onnx_export
+
+        real = onnx_export.reference_emissions
+        monkeypatch.setattr(onnx_export, "reference_emissions", lambda *a, **k: real(*a, **k) + 1e-3)
+        args, expected = [exported, str(tmp_path / "m.onnx")], ["differs from PyTorch's by 1.00e-03", "1e-04"]
+    else:
+        make, expected = BAD[case]
+        args = [exported, *make(tmp_path)]
+    with pytest.raises(SystemExit) as e:
+        onnx_cli.cli_main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fairseq-prune-onnx: error: "), err
+    for part in expected:
+        assert part in err[0], (part, err[0])
+    assert sorted(os.listdir(tmp_path)) == ["exists.onnx"] and (tmp_path / "exists.onnx").read_bytes() == b"keep me"
