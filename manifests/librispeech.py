@@ -24,6 +24,8 @@ from manifests.common import (  # noqa: E402
     Skips,
     Staging,
     SubsetStats,
+    add_dest_arguments,
+    check_manifest_dest,
     convert_audio,
     count_units,
     dictionary_lines,
@@ -60,7 +62,7 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("root", help="LibriSpeech folder holding the subset folders (e.g. .../LibriSpeech)")
     p.add_argument("subsets", nargs="+", metavar="SUBSET", help="subset folder names, e.g. train-clean-100 dev-clean")
-    p.add_argument("--dest", required=True, help="output folder (created if missing)")
+    add_dest_arguments(p)
     p.add_argument("--dict-subset", default=None,
                    help="subset whose letters make dict.ltr.txt (default: the first subset whose name starts "
                         "with 'train', else the first subset)")
@@ -202,6 +204,7 @@ def run(args: argparse.Namespace) -> List[str]:
     if len(set(args.subsets)) != len(args.subsets):
         raise ManifestError(f"a subset is given twice: {' '.join(args.subsets)}")
     dict_subset = choose_dict_subset(args.subsets, args.dict_subset)
+    check_manifest_dest(args)
     policy = AudioPolicy(resample=args.resample, mix_down=args.mix_down, verify=args.verify_audio)
     skips = Skips(strict=args.strict)
     with Staging(args.dest) as staging:

@@ -34,6 +34,8 @@ from manifests.common import (  # noqa: E402
     Skips,
     Staging,
     SubsetStats,
+    add_dest_arguments,
+    check_manifest_dest,
     convert_audio,
     count_units,
     dictionary_lines,
@@ -75,7 +77,7 @@ class SplitOutput:
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Write fairseq SLU manifests (intent token + transcript) for SLURP.")
     p.add_argument("root", help="SLURP checkout (holding dataset/slurp/*.jsonl)")
-    p.add_argument("--dest", required=True, help="output folder (created if missing)")
+    add_dest_arguments(p)
     p.add_argument("--audio-dir", default=None,
                    help="folder holding slurp_real/ and slurp_synth/ (default: ROOT/audio, else ROOT)")
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS, help="splits to write (default all)")
@@ -280,6 +282,7 @@ def run(args: argparse.Namespace) -> List[str]:
     """Read every jsonl first (any malformed line stops before audio is touched), prepare the splits, then write
     all outputs at once; returns the summary lines."""
     check_args(args)
+    check_manifest_dest(args)
     jsonl_dir = os.path.join(args.root, "dataset", "slurp")
     audio_dir = os.path.realpath(find_audio_dir(args.root, args.audio_dir))
     splits = [s for s in SPLITS if s in args.splits]

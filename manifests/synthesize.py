@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a file: make ``manifests`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from manifests import synth_text  # noqa: E402
-from manifests.common import SAMPLE_RATE, ManifestError, Staging, progress, run_or_exit  # noqa: E402
+from manifests.common import SAMPLE_RATE, ManifestError, Staging, check_dest, progress, run_or_exit  # noqa: E402
 
 ESPEAK = "espeak-ng"
 #: English voices of espeak-ng 1.51 that take a ``+variant`` (``en-gb+variant`` ignores the variant; ``en`` is
@@ -395,10 +395,8 @@ def run_jobs(jobs: Sequence[Job], workers: int, shown: Callable[[str], str] = st
 
 
 def check_out(out: str, overwrite: bool) -> None:
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ManifestError(f"{out}: exists and is not a folder")
-    if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise ManifestError(f"{out}: folder exists and is not empty (pass --overwrite to replace it)")
+    """``--out`` is missing or empty, or ``--overwrite`` replaces it."""
+    check_dest(out, overwrite, replaces="it")
 
 
 def run(args: argparse.Namespace) -> List[str]:

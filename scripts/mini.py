@@ -84,11 +84,13 @@ def prepare_corpora(work: str, seed: int = 1) -> Dict[str, str]:
                 json.dump(settings, f)
         dest = os.path.join(work, "manifests", layout)
         subsets = SUBSETS[layout]
+        # written afresh on every call: --overwrite replaces the manifests (and the start model's dictionary that
+        # use_start_dictionary copied there) of an earlier call
         if layout == "librispeech":
             cmd = [PY, "manifests/librispeech.py", root, subsets["train"], subsets["valid"], subsets["test"],
-                   "--dest", dest]
+                   "--dest", dest, "--overwrite"]
         else:
-            cmd = [PY, "manifests/slurp.py", root, "--dest", dest]
+            cmd = [PY, "manifests/slurp.py", root, "--dest", dest, "--overwrite"]
         log(f"writing {layout} manifests ({dest})")
         run(cmd, log_file=os.path.join(work, "logs", f"manifests-{layout}.log"))
         out[layout] = dest

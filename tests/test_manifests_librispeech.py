@@ -1,8 +1,12 @@
 """manifests/librispeech.py: identical output to fairseq's wav2vec_manifest.py + libri_labels.py on the synthetic
 LibriSpeech-layout corpus, the dictionary, the summary, and one test per bad-input case."""
+import fcntl
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import soundfile as sf
@@ -21,6 +25,7 @@ from manifest_fixtures import (  # noqa: F401  (fixtures)
     snapshot,
 )
 from manifests import librispeech
+from manifests.common import PARTIAL_RE, Staging, sweep_stale_partials
 
 TRAIN = "train-clean-100"
 
@@ -121,12 +126,14 @@ def test_runs_as_a_script(libri_corpus, tmp_path):
 
 
 def _fatal(capsys, corpus, tmp_path, *fragments, extra=()):
-    """Run on the copy; it must fail with one error line and leave an existing destination untouched."""
+    """Run on the copy; it must fail with one error line and leave an existing destination untouched (even with
+    --overwrite)."""
     dest = tmp_path / "dest"
     dest.mkdir(exist_ok=True)
     (dest / f"{TRAIN}.tsv").write_text("OLD\n")
     before = snapshot(str(dest))
-    code, out, err = call(librispeech, [corpus] + LIBRI_SUBSETS + list(extra) + ["--dest", str(dest)], capsys)
+    argv = [corpus] + LIBRI_SUBSETS + list(extra) + ["--dest", str(dest), "--overwrite"]
+    code, out, err = call(librispeech, argv, capsys)
     line = assert_one_error(code, err, *fragments)
     assert snapshot(str(dest)) == before, "a failed run changed the destination"
     assert os.listdir(dest) == [f"{TRAIN}.tsv"]
@@ -288,3 +295,79 @@ def test_characters_outside_the_letter_set(libri_copy, tmp_path, capsys):
 def test_outside_letter_set_reports_the_characters():
     assert librispeech.outside_letter_set(["WAKE", "AT", "5", "caf\u00e9"]) == "5acf\u00e9"
     assert librispeech.outside_letter_set(["IT'S", "FINE"]) == ""
+
+
+# --------------------------------------------------------------------------------------------- existing dest, kills
+
+
+def test_refuses_a_non_empty_dest_unless_overwrite(libri_corpus, tmp_path, capsys):
+    """A dictionary copied into --dest (the README's start-model step) is not replaced silently by a re-run."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "dict.ltr.txt").write_text("A 1\n")
+    code, _, err = call(librispeech, [libri_corpus, "dev-clean", "--dest", str(dest)], capsys)
+    assert_one_error(code, err, str(dest), "not empty", "--overwrite")
+    assert snapshot(str(dest)) == {"dict.ltr.txt": b"A 1\n"}
+    code, _, err = call(librispeech, [libri_corpus, "dev-clean", "--dest", str(dest), "--overwrite"], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(dest)) == ["dev-clean.ltr", "dev-clean.tsv", "dev-clean.wrd", "dict.ltr.txt"]
+    assert (dest / "dict.ltr.txt").read_text() != "A 1\n"
+
+
+def _blocking_run(corpus: str, dest: str) -> subprocess.Popen:
+    """librispeech.py on ``corpus`` whose first dev-clean file is replaced by a FIFO: the run stops inside its
+    staging (opening the FIFO waits for a writer) until a signal arrives. Returns once the staging folder exists."""
+    fifo = first_flac(os.path.join(corpus, "dev-clean"))
+    os.remove(fifo)
+    os.mkfifo(fifo)
+    p = subprocess.Popen([sys.executable, os.path.join(REPO, "manifests", "librispeech.py"), corpus] + LIBRI_SUBSETS
+                         + ["--dest", dest], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (os.path.isdir(dest) and [n for n in os.listdir(dest) if PARTIAL_RE.match(n)]):
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.05)
+    return p
+
+
+def test_sigterm_leaves_nothing(libri_copy, tmp_path):
+    dest = str(tmp_path / "new" / "dest")
+    p = _blocking_run(libri_copy, dest)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines() == ["error: stopped by SIGTERM; output not yet complete was removed"]
+    assert not os.path.exists(tmp_path / "new"), "the folders the run created are not removed"
+
+
+def test_kill_9_leftovers_are_swept_by_the_next_run(libri_corpus, libri_copy, tmp_path):
+    dest = str(tmp_path / "dest")
+    p = _blocking_run(libri_copy, dest)
+    p.kill()
+    p.communicate(timeout=60)
+    left = [n for n in os.listdir(dest) if n.startswith(".partial-")]
+    assert len(left) == 1
+    fifo = first_flac(os.path.join(libri_copy, "dev-clean"))
+    os.remove(fifo)
+    shutil.copy(first_flac(os.path.join(libri_corpus, "dev-clean")), fifo)
+    # the same command again: the leftover does not count as content, and is removed
+    ok = subprocess.run([sys.executable, os.path.join(REPO, "manifests", "librispeech.py"), libri_copy]
+                        + LIBRI_SUBSETS + ["--dest", dest], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert f"removed {os.path.join(dest, left[0])}: the partial output of an interrupted run" in ok.stdout
+    assert sorted(os.listdir(dest)) == sorted([f"{s}.{e}" for s in LIBRI_SUBSETS for e in ("tsv", "ltr", "wrd")]
+                                              + ["dict.ltr.txt"])
+
+
+def test_sweep_removes_only_our_stale_staging_folders(tmp_path):
+    live = Staging(str(tmp_path))  # held by this process: in use
+    stale = Staging(str(tmp_path))
+    fcntl.flock(stale._lock, fcntl.LOCK_UN)  # as if its process had been killed: the lock is free, the folder stays
+    look_alikes = [".partial-notours1", ".partial-ab", "partial-abcdefgh"]  # no lock file or another name
+    for name in look_alikes:
+        os.makedirs(tmp_path / name)
+    (tmp_path / ".partial-12345678").mkdir()  # our name, no lock file (e.g. someone else's): kept
+    removed = sweep_stale_partials(str(tmp_path))
+    assert removed == [os.path.basename(stale.tmp)]
+    assert sorted(os.listdir(tmp_path)) == sorted(look_alikes + [".partial-12345678", os.path.basename(live.tmp)])
+    live.abort()
+    stale.abort()

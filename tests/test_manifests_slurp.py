@@ -188,6 +188,20 @@ def test_normalise_sentence():
     assert n(" ... ' ") == []
 
 
+def test_refuses_a_non_empty_dest_unless_overwrite(slurp_corpus, tmp_path, capsys):
+    """A dictionary copied into --dest (the start model's) is not replaced silently by a re-run."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "dict.ltr.txt").write_text("A 1\n")
+    argv = [slurp_corpus, "--dest", str(dest), "--splits", "devel"]
+    code, _, err = call(slurp, argv, capsys)
+    assert_one_error(code, err, str(dest), "not empty", "--overwrite")
+    assert snapshot(str(dest)) == {"dict.ltr.txt": b"A 1\n"}
+    code, _, err = call(slurp, argv + ["--overwrite"], capsys)
+    assert code == 0, err
+    assert "devel.tsv" in os.listdir(dest) and (dest / "dict.ltr.txt").read_text() != "A 1\n"
+
+
 def test_runs_as_a_script(slurp_corpus, tmp_path):
     script = os.path.join(REPO, "manifests", "slurp.py")
     ok = subprocess.run([sys.executable, script, slurp_corpus, "--dest", str(tmp_path / "m"), "--splits", "devel"],
@@ -208,7 +222,7 @@ def _fatal(capsys, corpus, tmp_path, *fragments, extra=()):
     dest.mkdir(exist_ok=True)
     (dest / "train.tsv").write_text("OLD\n")
     before = snapshot(str(dest))
-    code, _, err = call(slurp, [corpus, "--dest", str(dest)] + list(extra), capsys)
+    code, _, err = call(slurp, [corpus, "--dest", str(dest), "--overwrite"] + list(extra), capsys)
     assert_one_error(code, err, *fragments)
     assert snapshot(str(dest)) == before and os.listdir(dest) == ["train.tsv"]
 

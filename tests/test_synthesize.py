@@ -4,7 +4,10 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
+import sys
+import time
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -212,6 +215,23 @@ def test_failure_midway_leaves_nothing(tmp_path, capsys, monkeypatch):
     line = assert_one_error(code, err, "synthesis failed", "espeak-ng crashed")
     assert re.match(rf"error: {re.escape(str(out))}/audio/slurp_(real|synth)/audio-[-0-9]+(-headset)?\.flac: ", line), line
     assert os.listdir(tmp_path) == []  # neither the corpus, nor its parent, nor a temporary folder
+
+
+def test_sigterm_stops_workers_and_leaves_nothing(tmp_path):
+    """SIGTERM while the worker pool synthesises: one line, exit 143, no worker tracebacks, nothing left."""
+    out = tmp_path / "corpus"
+    p = subprocess.Popen([sys.executable, synthesize.__file__, "--layout", "librispeech", "--out", str(out),
+                          "--workers", "2", "--train-utts", "400"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.monotonic() + 120
+    while not any(f.endswith(".flac") for _, _, files in os.walk(tmp_path) for f in files):  # half-way
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines() == ["error: stopped by SIGTERM; output not yet complete was removed"]
+    assert os.listdir(tmp_path) == []
 
 
 def test_missing_espeak_ng(tmp_path, capsys, monkeypatch):
