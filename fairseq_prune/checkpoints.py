@@ -2,9 +2,8 @@
 import argparse
 import contextlib
 import os
-import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from fairseq import checkpoint_utils
@@ -12,6 +11,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import DictConfig, open_dict
 
 from .modules.hard_concrete import is_gate_key
+from .safe_output import new_temp_file
 
 #: fairseq model names whose checkpoints ``model.w2v_path`` accepts (``wav2vec2_ctc_pruning``: one without gates,
 #: i.e. trained with the dense recipe or written by fairseq-prune-export; its state-dict keys are those of
@@ -135,21 +135,62 @@ def new_file_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str, suffix: str) -> Iterator[str]:
-    """Yields a temporary path in ``path``'s folder (made if missing) to write to; on success the file gets the
-    permissions ``open()`` would give and is renamed to ``path``, on failure it is removed: a reader never sees
-    a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(fd)
+def atomic_outputs(paths: Sequence[str], suffixes: Optional[Sequence[str]] = None) -> Iterator[List[str]]:
+    """Yields one temporary path per output, in the output's folder (made if missing; named by
+    :func:`~fairseq_prune.safe_output.new_temp_file`, ending in ``suffixes`` or the output's extension), to write
+    to. When the block succeeds every file gets the permissions ``open()`` would give and is renamed to its
+    output; when it fails every temporary file is removed, and when a rename fails the outputs already renamed
+    are removed too: a reader never sees a half-written file, and the outputs appear together or not at all."""
+    suffixes = suffixes or [os.path.splitext(p)[1] for p in paths]
+    tmps: List[str] = []
+    renamed: List[str] = []
+    made: List[str] = []  # folders this call created, removed again (when empty) on failure
     try:
-        yield tmp
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
+        for path, suffix in zip(paths, suffixes):
+            folder = os.path.dirname(os.path.abspath(path))
+            made.extend(_make_folders(folder))
+            tmps.append(new_temp_file(folder, suffix))
+        yield tmps
+        mode = new_file_mode()
+        for tmp, path in zip(tmps, paths):
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+            renamed.append(path)
+    except BaseException:
+        for path in renamed:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        _remove_temps(tmps)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
     finally:
+        _remove_temps(tmps)
+
+
+def _make_folders(folder: str) -> List[str]:
+    """``os.makedirs(folder)``; returns the folders it created, outermost first."""
+    missing = []
+    while not os.path.exists(folder):
+        missing.insert(0, folder)
+        folder = os.path.dirname(folder)
+    for f in missing:
+        os.makedirs(f, exist_ok=True)
+    return missing
+
+
+def _remove_temps(tmps: List[str]) -> None:
+    for tmp in tmps:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, suffix: str) -> Iterator[str]:
+    """:func:`atomic_outputs` of one file: yields the temporary path to write ``path`` to."""
+    with atomic_outputs([path], [suffix]) as (tmp,):
+        yield tmp
 
 
 def save_atomic(obj: Any, path: str, force: bool = False) -> None:

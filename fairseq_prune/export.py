@@ -20,7 +20,9 @@ The result is the same model class built from config lists (``conv_channels``, `
 ``ffn_units``) with every ``prune_*`` flag off, loaded with strict key matching.
 """
 import copy
+import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -33,6 +35,8 @@ from .cost import REFERENCE_SAMPLES, Cost, Wav2Vec2Shape, cost_breakdown
 from .models.wav2vec2_ctc_pruning import PrunableWav2VecEncoder, Wav2Vec2CtcPruning, Wav2Vec2CtcPruningConfig
 from .modules.conv_feature_extractor import support
 from .modules.hard_concrete import HardConcrete, combine, is_gate_key
+
+logger = logging.getLogger(__name__)
 
 _W2V = "w2v_encoder.w2v_model."
 PRUNE_FLAGS = (
@@ -65,6 +69,12 @@ def load_gated(path: str) -> Tuple[Dict, Wav2Vec2CtcPruning]:
         raise CheckpointError(f"{path}: no CTC output layer (w2v_encoder.proj.weight) in the state dict")
     if state["cfg"].model.get("w2v_args", None) is None:
         raise CheckpointError(f"{path}: cfg.model.w2v_args is missing (was the checkpoint saved by fairseq?)")
+    if not any(is_gate_key(k) for k in state["model"]):
+        raise CheckpointError(
+            f"{path}: has no hard concrete gates (a dense or an already exported model), so there is nothing to "
+            "export: decode it as it is (fairseq-prune-infer --path), or prune it first by training a gated "
+            f"recipe from it (model.w2v_path={path})"
+        )
     model = build_from_cfg(state["cfg"].model, proj.shape[0])
     try:
         model.load_state_dict(state["model"], strict=True)
@@ -251,9 +261,37 @@ def summarize(before: Wav2Vec2Shape, after: Wav2Vec2Shape, result: ExportResult,
     return out
 
 
-def exported_state(state: Dict, result: ExportResult, source: str) -> Dict:
+def target_dictionary(state: Dict, vocab_size: int, path: Optional[str] = None) -> Optional[Dict]:
+    """The model's output units, to store in the exported checkpoint (``fairseq-prune-infer`` compares them with
+    the dictionary it is given): read from ``path``, by default the training run's ``dict.{labels}.txt``
+    (``None``, with a warning, when that file is gone)."""
+    from fairseq.data import Dictionary
+
+    task = state["cfg"].task
+    default = os.path.join(str(task.get("data", None) or ""), f"dict.{task.get('labels', None) or 'ltr'}.txt")
+    if not os.path.isfile(path or default):
+        if path:
+            raise CheckpointError(f"{path}: no such dictionary file (--dictionary)")
+        logger.warning("%s not found: the exported model stores no dictionary, so decoding cannot check the one it "
+                       "is given (pass --dictionary FILE)", default)
+        return None
+    path = path or default
+    try:
+        symbols = list(Dictionary.load(path).symbols)
+    except (ValueError, RuntimeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not a fairseq dictionary ({e})") from e
+    if len(symbols) != vocab_size:
+        raise CheckpointError(
+            f"{path} has {len(symbols)} units (specials included) but the model's output layer has {vocab_size}: "
+            "not the dictionary the model was trained with (pass it with --dictionary)"
+        )
+    return {"file": os.path.abspath(path), "symbols": symbols}
+
+
+def exported_state(state: Dict, result: ExportResult, source: str, dictionary: Optional[Dict] = None) -> Dict:
     """A fairseq checkpoint of the compact model: the training config with the new per-layer sizes and no
-    gates, the plain ``ctc`` criterion, no optimizer state, and the pruning summary."""
+    gates, the plain ``ctc`` criterion, no optimizer state, the pruning summary and, when known, the model's
+    dictionary (``target_dictionary``: the file it was read from and its symbols)."""
     cfg = copy.deepcopy(state["cfg"])
     with open_dict(cfg):
         cfg.model = result.model_cfg
@@ -278,4 +316,5 @@ def exported_state(state: Dict, result: ExportResult, source: str) -> Dict:
         "extra_state": {"train_iterator": {"epoch": 1}},
         "last_optimizer_state": None,
         "pruning_summary": {"source": source, **result.summary},
+        **({"target_dictionary": dictionary} if dictionary else {}),
     }

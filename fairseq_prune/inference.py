@@ -18,12 +18,12 @@ given on the command line, with the dataset-shaping fields that ``infer.py`` lea
 (``max_sample_size``, ``min_sample_size``, ``num_batch_buckets``) so no utterance is cropped or skipped; greedy
 decoding stops at each utterance's last valid frame; result files appear only when decoding has finished.
 """
+import contextlib
 import json
 import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -38,9 +38,21 @@ from fairseq.tasks import TASK_REGISTRY
 from fairseq.tasks.audio_finetuning import AudioFinetuningTask
 from omegaconf import open_dict
 
-from .checkpoints import CheckpointError, model_name, new_file_mode, read_checkpoint
+from .checkpoints import CheckpointError, atomic_outputs, model_name, read_checkpoint
+from .decode_inputs import (
+    AudioEntry,
+    InferenceError,
+    Manifest,
+    ReadErrorsReported,
+    check_audio,
+    check_dictionary,
+    check_file,
+    check_manifest,
+    raise_read_error,
+)
 from .decoding import greedy_units
 from .intent import intent_counts, strip_intent
+from .safe_output import OutputError, check_output_folder, sweep_stale
 
 logger = logging.getLogger(__name__)
 
@@ -49,64 +61,6 @@ RESULT_FILES = ("hypo.word", "hypo.units", "ref.word", "ref.units")
 SUMMARY_FILE = "summary.json"
 #: values accepted by fairseq's ``post_process``
 POST_PROCESS_CHOICES = ("letter", "sentencepiece", "wordpiece", "silence", "_EOW", "subword_nmt", "none")
-
-
-class InferenceError(ValueError):
-    """Bad input to decoding (missing or inconsistent files, wrong kind of checkpoint, missing optional
-    package). The message names the file or option at fault."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# input checks
-
-
-@dataclass
-class Manifest:
-    """The files of one subset of a fairseq manifest folder."""
-
-    data: str
-    subset: str
-    labels: str
-    tsv: str
-    label_file: str
-    dict_file: str
-    num_utterances: int
-
-
-def _count_lines(path: str) -> int:
-    with open(path, "rb") as f:
-        return sum(1 for _ in f)
-
-
-def check_manifest(data: str, subset: str, labels: str) -> Manifest:
-    """Check that ``{data}/{subset}.tsv``, ``{data}/{subset}.{labels}`` and ``{data}/dict.{labels}.txt`` exist and
-    that the label file has one line per audio file of the manifest (fairseq would only assert on it later)."""
-    if not os.path.isdir(data):
-        raise InferenceError(f"{data}: manifest directory not found")
-    tsv = os.path.join(data, f"{subset}.tsv")
-    label_file = os.path.join(data, f"{subset}.{labels}")
-    dict_file = os.path.join(data, f"dict.{labels}.txt")
-    if not os.path.isfile(tsv):
-        raise InferenceError(f"{tsv}: manifest of subset {subset!r} not found (--gen-subset {subset})")
-    if not os.path.isfile(label_file):
-        raise InferenceError(f"{label_file}: label file of subset {subset!r} not found (--labels {labels})")
-    if not os.path.isfile(dict_file):
-        raise InferenceError(f"{dict_file}: dictionary of the {labels!r} labels not found (--labels {labels})")
-    audio_lines = _count_lines(tsv) - 1  # the first line is the audio root directory
-    if audio_lines < 1:
-        raise InferenceError(f"{tsv}: manifest lists no audio files")
-    label_lines = _count_lines(label_file)
-    if label_lines != audio_lines:
-        raise InferenceError(
-            f"{label_file} has {label_lines} lines but {tsv} lists {audio_lines} audio files "
-            "(one label line per audio line expected)"
-        )
-    return Manifest(data, subset, labels, tsv, label_file, dict_file, audio_lines)
-
-
-def _check_file(path: Optional[str], option: str) -> None:
-    if path is not None and not os.path.isfile(path):
-        raise InferenceError(f"{path}: file not found ({option})")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -296,8 +250,8 @@ class KenLMBeamDecoder:
 
     def __init__(self, dictionary, options: BeamOptions) -> None:
         ctc_decoder = import_ctc_decoder()
-        _check_file(options.kenlm_model, "--kenlm-model")
-        _check_file(options.lexicon, "--lexicon")
+        check_file(options.kenlm_model, "--kenlm-model")
+        check_file(options.lexicon, "--lexicon")
         check_lexicon(options.lexicon, dictionary)
         tokens = [dictionary[i] for i in range(len(dictionary))]
         self.all_frames = blank_index(dictionary) == 0
@@ -464,20 +418,21 @@ def score_pairs(pairs: Sequence[Tuple[Sequence[str], Sequence[str]]]) -> Scores:
 
 
 class ResultWriter:
-    """Writes the four result files (and ``summary.json``) under temporary names in the results folder and
-    renames them only in :meth:`commit`, so a failed or interrupted run leaves no partial files behind."""
+    """Writes the four result files (and ``summary.json``) to temporary files in the results folder
+    (:func:`~fairseq_prune.checkpoints.atomic_outputs`) that are renamed only in :meth:`commit`, so a failed or
+    interrupted run leaves no partial files behind."""
 
     def __init__(self, folder: Optional[str]) -> None:
         self.folder = folder
         self._files: Dict[str, Any] = {}
-        self._tmp: Dict[str, str] = {}
+        self._outputs = contextlib.ExitStack()
         if folder is None:
             return
-        os.makedirs(folder, exist_ok=True)
+        names = RESULT_FILES + (SUMMARY_FILE,)
+        tmps = self._outputs.enter_context(atomic_outputs([os.path.join(folder, name) for name in names]))
+        self._tmp = dict(zip(names, tmps))
         for name in RESULT_FILES:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-            self._tmp[name] = tmp
-            self._files[name] = os.fdopen(fd, "w", encoding="utf-8")
+            self._files[name] = open(self._tmp[name], "w", encoding="utf-8")
 
     def write(self, utt: Utterance) -> None:
         if self.folder is None:
@@ -490,26 +445,18 @@ class ResultWriter:
     def commit(self, summary: Dict[str, Any]) -> None:
         if self.folder is None:
             return
-        fd, tmp = tempfile.mkstemp(prefix=f".{SUMMARY_FILE}.", suffix=".tmp", dir=self.folder)
-        self._tmp[SUMMARY_FILE] = tmp
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(self._tmp[SUMMARY_FILE], "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
             f.write("\n")
         for f in self._files.values():
             f.close()
-        mode = new_file_mode()
-        for name, tmp in self._tmp.items():
-            os.chmod(tmp, mode)  # mkstemp creates 0600; give the files the permissions open() would
-            os.replace(tmp, os.path.join(self.folder, name))
-        self._tmp = {}
+        self._outputs.close()  # renames them all
 
     def discard(self) -> None:
         for f in self._files.values():
             f.close()
-        for tmp in self._tmp.values():
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        self._tmp = {}
+        abandoned = RuntimeError("decoding did not finish")
+        self._outputs.__exit__(type(abandoned), abandoned, None)  # removes the temporary files
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -536,61 +483,89 @@ class InferenceConfig:
     progress: bool = True
 
 
-def run_inference(cfg: InferenceConfig, log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
-    """Decode ``cfg.gen_subset`` of manifest folder ``cfg.data`` with checkpoint ``cfg.path``; write the result
-    files and ``summary.json`` when ``cfg.results_path`` is set. Returns the summary (see :func:`summary_dict`).
-    ``log`` receives per-utterance HYPO/REF lines unless ``cfg.quiet``."""
-    from tqdm import tqdm
-
+def check_options(cfg: InferenceConfig) -> None:
+    """What can be checked before anything is loaded: batching, the results folder (temporary files that killed
+    runs left in it are removed), the LM files and the beam-search package."""
     if cfg.max_tokens is None and cfg.batch_size is None:
         raise InferenceError("give --max-tokens or --batch-size")
-    if cfg.beam is not None:  # fail before loading anything
-        _check_file(cfg.beam.kenlm_model, "--kenlm-model")
-        _check_file(cfg.beam.lexicon, "--lexicon")
+    if cfg.results_path is not None:
+        try:
+            check_output_folder(cfg.results_path, "--results-path")
+        except OutputError as e:
+            raise InferenceError(str(e)) from e
+        sweep_stale(cfg.results_path)
+    if cfg.beam is not None:
+        check_file(cfg.beam.kenlm_model, "--kenlm-model")
+        check_file(cfg.beam.lexicon, "--lexicon")
         import_ctc_decoder()
-    t0 = time.perf_counter()
+
+
+def load_inputs(cfg: InferenceConfig) -> Tuple[Manifest, List[AudioEntry], LoadedModel]:
+    """Check the checkpoint, the manifest, its dictionary and its audio files, then load the model and the
+    subset (whose failed audio reads are reported with their manifest line)."""
     state = read_ctc_checkpoint(cfg.path)
     labels = cfg.labels or checkpoint_labels(state)
     manifest = check_manifest(cfg.data, cfg.gen_subset, labels)
+    check_dictionary(cfg.path, state, manifest.dict_file)
+    entries = check_audio(manifest.tsv, int(state["cfg"].task.get("sample_rate", 16000)))
     loaded = load_model(cfg.path, state, cfg.data, labels, cfg.cpu)
-    del state
-    post = cfg.post_process or loaded.default_post_process
-    task, model = loaded.task, loaded.model
-    dictionary = task.target_dictionary
-    decoder = KenLMBeamDecoder(dictionary, cfg.beam) if cfg.beam is not None else ViterbiDecoder(dictionary)
+    task = loaded.task
     try:
         task.load_dataset(cfg.gen_subset, task_cfg=loaded.cfg.task)
     except (AssertionError, OSError) as e:
         raise InferenceError(f"{manifest.tsv}: cannot load subset {cfg.gen_subset!r} ({type(e).__name__}: {e})") from e
+    task.datasets[cfg.gen_subset] = ReadErrorsReported(task.datasets[cfg.gen_subset])
+    return manifest, entries, loaded
+
+
+def decode_batches(cfg: InferenceConfig, loaded: LoadedModel, decoder, post: str, manifest: Manifest,
+                   entries: List[AudioEntry], writer: "ResultWriter", log: Callable[[str], None]) -> Tuple[Scores, int]:
+    """Decode every batch of the subset; returns the scores and the number of audio samples decoded."""
+    from tqdm import tqdm
+
+    task, model, dictionary = loaded.task, loaded.model, loaded.task.target_dictionary
     itr = batch_iterator(task, cfg.gen_subset, cfg.max_tokens, cfg.batch_size, cfg.seed, cfg.num_workers)
+    scores, samples = Scores(), 0
+    with tqdm(total=len(task.dataset(cfg.gen_subset)), unit="utt", disable=not cfg.progress or cfg.quiet,
+              file=sys.stderr, desc=f"decoding {cfg.gen_subset}") as bar:
+        for sample in itr:
+            raise_read_error(sample, entries, manifest.tsv)
+            if "net_input" not in sample:
+                continue
+            if loaded.device == "cuda":
+                sample = utils.move_to_cuda(sample)
+            samples += audio_samples(sample["net_input"])
+            logits, lengths = emissions(model, sample["net_input"])
+            hypos = decoder(logits, lengths)
+            targets = sample["target_label"] if "target_label" in sample else sample["target"]
+            for b, sid in enumerate(sample["id"].tolist()):
+                utt = make_utterance(dictionary, sid, hypos[b], targets[b], post)
+                writer.write(utt)
+                scores.add(utt.hyp_words.split(), utt.ref_words.split())
+                if not cfg.quiet:
+                    log(f"HYPO: {utt.hyp_words}")
+                    log(f"REF: {utt.ref_words}")
+            bar.update(len(hypos))
+    return scores, samples
+
+
+def run_inference(cfg: InferenceConfig, log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
+    """Decode ``cfg.gen_subset`` of manifest folder ``cfg.data`` with checkpoint ``cfg.path``; write the result
+    files and ``summary.json`` when ``cfg.results_path`` is set. Returns the summary (see :func:`summary_dict`).
+    ``log`` receives per-utterance HYPO/REF lines unless ``cfg.quiet``."""
+    check_options(cfg)  # fail before loading anything
+    t0 = time.perf_counter()
+    manifest, entries, loaded = load_inputs(cfg)
+    post = cfg.post_process or loaded.default_post_process
+    dictionary = loaded.task.target_dictionary
+    decoder = KenLMBeamDecoder(dictionary, cfg.beam) if cfg.beam is not None else ViterbiDecoder(dictionary)
     load_seconds = time.perf_counter() - t0
-    sample_rate = int(task.cfg.get("sample_rate", 16000))
+    sample_rate = int(loaded.task.cfg.get("sample_rate", 16000))
 
     writer = ResultWriter(cfg.results_path)
-    scores = Scores()
-    samples = 0
     t1 = time.perf_counter()
     try:
-        bar = tqdm(total=len(task.dataset(cfg.gen_subset)), unit="utt", disable=not cfg.progress or cfg.quiet,
-                   file=sys.stderr, desc=f"decoding {cfg.gen_subset}")
-        with bar:
-            for sample in itr:
-                if "net_input" not in sample:
-                    continue
-                if loaded.device == "cuda":
-                    sample = utils.move_to_cuda(sample)
-                samples += audio_samples(sample["net_input"])
-                logits, lengths = emissions(model, sample["net_input"])
-                hypos = decoder(logits, lengths)
-                targets = sample["target_label"] if "target_label" in sample else sample["target"]
-                for b, sid in enumerate(sample["id"].tolist()):
-                    utt = make_utterance(dictionary, sid, hypos[b], targets[b], post)
-                    writer.write(utt)
-                    scores.add(utt.hyp_words.split(), utt.ref_words.split())
-                    if not cfg.quiet:
-                        log(f"HYPO: {utt.hyp_words}")
-                        log(f"REF: {utt.ref_words}")
-                bar.update(len(hypos))
+        scores, samples = decode_batches(cfg, loaded, decoder, post, manifest, entries, writer, log)
         wall = time.perf_counter() - t1
         if scores.utterances != manifest.num_utterances:
             raise InferenceError(

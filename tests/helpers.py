@@ -180,3 +180,16 @@ def finish(p: subprocess.Popen, timeout: int = 900) -> str:
     if p.returncode != 0:
         raise AssertionError(f"{' '.join(p.args)} failed ({p.returncode}):\n{out[-8000:]}")
     return out
+
+
+def copy_manifest(src: str, dst: str) -> str:
+    """A copy of a manifest folder whose ``.tsv`` files point at the copied audio."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for name in os.listdir(dst):
+        if name.endswith(".tsv"):
+            tsv = os.path.join(dst, name)
+            lines = open(tsv).readlines()
+            open(tsv, "w").writelines([os.path.abspath(dst) + "\n"] + lines[1:])
+    return dst

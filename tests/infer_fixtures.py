@@ -58,10 +58,19 @@ def write_lm_files(folder: str, intents: Sequence[str]) -> Tuple[str, str]:
 def write_plain_ctc_checkpoint(path: str, w2v_path: str, data: str, seed: int = 0) -> str:
     """A fairseq ``wav2vec_ctc`` checkpoint (fairseq's own model class, no fairseq-prune code) on the wav2vec2
     checkpoint ``w2v_path`` with a randomly initialised CTC layer over ``data``'s letter dictionary."""
-    from fairseq import tasks
     from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig
 
-    cfg = root_cfg(Wav2Vec2CtcConfig(w2v_path=w2v_path, mask_prob=0.0, mask_channel_prob=0.0), data)
+    return write_ctc_checkpoint(path, Wav2Vec2CtcConfig(w2v_path=w2v_path, mask_prob=0.0, mask_channel_prob=0.0),
+                                data, seed)
+
+
+def write_ctc_checkpoint(path: str, model_dc, data: str, seed: int = 0) -> str:
+    """A checkpoint of the CTC model that config ``model_dc`` (e.g. ``Wav2Vec2CtcPruningConfig`` with gates)
+    describes, as fine-tuning on ``data`` starts it (``cfg.model.w2v_args`` filled from its ``w2v_path``), with
+    a ``ctc`` criterion and an audio_finetuning task."""
+    from fairseq import tasks
+
+    cfg = root_cfg(model_dc, data)
     cfg.criterion = OmegaConf.create({"_name": "ctc", "post_process": "letter"})
     task = tasks.setup_task(cfg.task)
     torch.manual_seed(seed)

@@ -11,7 +11,6 @@ and every hypothesis would be empty, which would make the comparisons trivial (t
 """
 import dataclasses
 import os
-import shutil
 import sys
 
 import editdistance
@@ -23,7 +22,7 @@ from fairseq_prune.cli import fairseq_infer as launcher
 from fairseq_prune.cli.infer import cli_main, get_parser, main
 from fairseq_prune.inference import RESULT_FILES, Scores, score_pairs
 from fairseq_prune.intent import strip_intent
-from helpers import VENV_BIN, hydra_train, run, write_noise_corpus
+from helpers import VENV_BIN, copy_manifest, hydra_train, run, write_noise_corpus
 from infer_fixtures import (
     fairseq_wer_file,
     read_result_file,
@@ -293,15 +292,6 @@ def test_scores_by_hand():
 # bad input
 
 
-def _copy_corpus(src: str, dst: str) -> str:
-    """A copy of a manifest folder whose test.tsv points at the copied audio."""
-    shutil.copytree(src, dst)
-    tsv = os.path.join(dst, "test.tsv")
-    lines = open(tsv).readlines()
-    open(tsv, "w").writelines([os.path.abspath(dst) + "\n"] + lines[1:])
-    return dst
-
-
 def _drop_last_label(data: str) -> str:
     path = os.path.join(data, "test.ltr")
     lines = open(path).readlines()
@@ -352,7 +342,7 @@ def _rm(data: str, name: str) -> str:
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_one_clear_error(case, tmp_path, plain_ctc, small_w2v, corpus, capsys):
     make_args, expected = BAD_INPUTS[case]
-    data = _copy_corpus(corpus, str(tmp_path / "data"))
+    data = copy_manifest(corpus, str(tmp_path / "data"))
     args = [small_w2v if a == "W2V" else a for a in make_args(plain_ctc, data, tmp_path)]
     results = tmp_path / "results"
     with pytest.raises(SystemExit) as e:
@@ -392,15 +382,23 @@ def test_beam_search_without_flashlight_text_fails_clearly(tmp_path, plain_ctc, 
 
 
 def test_failure_while_decoding_leaves_no_result_files(tmp_path, plain_ctc, corpus):
-    """Result files are written under temporary names and renamed at the end: an unreadable audio file in the
-    middle of the subset leaves neither partial result files nor temporary files."""
-    data = _copy_corpus(corpus, str(tmp_path / "data"))
-    with open(os.path.join(data, "test_5.flac"), "wb") as f:
-        f.write(b"not audio")
+    """Result files are written under temporary names and renamed at the end: an audio file in the middle of the
+    subset that fails only when it is decoded (a truncated FLAC: its header reads) leaves neither partial result
+    files nor temporary files."""
+    data = copy_manifest(corpus, str(tmp_path / "data"))
+    flac = os.path.join(data, "test_5.flac")
+    with open(flac, "rb") as f:
+        head = f.read(os.path.getsize(flac) // 2)
+    with open(flac, "wb") as f:
+        f.write(head)
     results = tmp_path / "results"
     with pytest.raises(Exception, match="test_5.flac"):
         ours(plain_ctc, data, str(results), "--batch-size", "2")
-    assert os.listdir(results) == []
+    assert not results.exists()  # the folder the run made is gone too
+    results.mkdir()
+    with pytest.raises(Exception, match="test_5.flac"):
+        ours(plain_ctc, data, str(results), "--batch-size", "2")
+    assert os.listdir(results) == []  # a folder that was there stays
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,9 +6,12 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from ..checkpoints import CheckpointError, atomic_output, save_atomic
+import torch
+
+from ..checkpoints import CheckpointError, atomic_outputs
 from ..cost import Cost, totals
-from ..export import ExportResult, exported_state, load_gated, prune
+from ..export import ExportResult, exported_state, load_gated, prune, target_dictionary
+from ..safe_output import OutputError, Terminated, check_output, sigterm_raises, sweep_stale, writing
 
 logger = logging.getLogger("fairseq_prune.export")
 
@@ -19,7 +22,7 @@ def get_parser() -> argparse.ArgumentParser:
         description="Remove what the hard concrete gates of a wav2vec2_ctc_pruning checkpoint closed and write a "
         "compact fairseq checkpoint of the same model class (per-layer sizes in its config, no gates).",
     )
-    p.add_argument("input", help="checkpoint trained with model wav2vec2_ctc_pruning (e.g. checkpoint_best.pt)")
+    p.add_argument("input", help="checkpoint trained with model wav2vec2_ctc_pruning and gates (e.g. checkpoint_best.pt)")
     p.add_argument("output", help="where to write the exported checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     p.add_argument(
@@ -29,6 +32,11 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--plot", metavar="FILE.png", help="draw the pruned architecture per layer")
     p.add_argument("--summary-json", metavar="FILE.json", help="also write the pruning summary as JSON")
+    p.add_argument(
+        "--dictionary", metavar="DICT.txt",
+        help="the model's dictionary, stored in OUTPUT so that decoding can check the one it is given (default: "
+        "dict.{labels}.txt of the training run's task.data)",
+    )
     return p
 
 
@@ -67,8 +75,9 @@ def format_table(result: ExportResult) -> str:
     return "\n".join(lines)
 
 
-def plot_architecture(summary: Dict, path: str, title: Optional[str] = None) -> None:
-    """Bars per layer: conv channels, attention heads and FFN units kept, over the sizes before export."""
+def draw_architecture(summary: Dict, title: Optional[str] = None):
+    """A figure with bars per layer: conv channels, attention heads and FFN units kept, over the sizes before
+    export."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,28 +99,78 @@ def plot_architecture(summary: Dict, path: str, title: Optional[str] = None) -> 
     fig.suptitle(title or f"pruned architecture: {a['params'] / 1e6:.2f}M params, {a['macs'] / 1e9:.2f} GMACs "
                  f"({ratio:.0%} of the MACs) at {summary['reference_seconds']:.0f} s")
     fig.tight_layout()
+    return fig
+
+
+def plot_format(path: str) -> str:
+    """The image format of ``path``'s extension (png without one); an :class:`OutputError` for one matplotlib
+    cannot write."""
+    from matplotlib.figure import Figure
+
+    fmt = os.path.splitext(path)[1][1:].lower() or "png"
+    supported = Figure().canvas.get_supported_filetypes()
+    if fmt not in supported:
+        raise OutputError(f"{path}: matplotlib cannot write .{fmt} images (--plot takes {', '.join(sorted(supported))})")
+    return fmt
+
+
+def save_plot(summary: Dict, path: str, fmt: str = "png") -> None:
+    """Write :func:`draw_architecture`'s figure to ``path`` as ``fmt``."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_architecture(summary)
     try:
-        with atomic_output(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=110)
+        fig.savefig(path, dpi=110, format=fmt)
     finally:
         plt.close(fig)
+
+
+def save_json(obj: Dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def check_outputs(args: argparse.Namespace) -> Dict[str, str]:
+    """The outputs asked for (option -> path), each checked before any work: see :func:`check_output`."""
+    outputs = {"OUTPUT": args.output, "--plot": args.plot, "--summary-json": args.summary_json}
+    outputs = {what: path for what, path in outputs.items() if path}
+    seen: Dict[str, str] = {}
+    for what, path in outputs.items():
+        other = seen.setdefault(os.path.realpath(path), what)
+        if other != what:
+            raise OutputError(f"{path}: {other} and {what} name the same file")
+        check_output(path, what, force=args.force or what != "OUTPUT")
+        if what == "--plot":
+            plot_format(path)
+        sweep_stale(os.path.dirname(os.path.abspath(path)))
+    return outputs
+
+
+def write_outputs(outputs: Dict[str, str], new_state: Dict) -> None:
+    """The exported checkpoint, the plot and the summary: all of them, or (when one fails) none."""
+    summary = new_state["pruning_summary"]
+    paths = list(outputs.values())
+    with writing(", ".join(paths)), atomic_outputs(paths) as tmps:
+        for (what, path), tmp in zip(outputs.items(), tmps):
+            with writing(path):
+                if what == "OUTPUT":
+                    torch.save(new_state, tmp)
+                elif what == "--plot":
+                    save_plot(summary, tmp, plot_format(path))
+                else:
+                    save_json(summary, tmp)
 
 
 def main(args: argparse.Namespace) -> Dict:
     if args.round_to < 1:
         raise ValueError(f"--round-to must be >= 1, got {args.round_to}")
-    if os.path.exists(args.output) and not args.force:
-        raise FileExistsError(f"{args.output} exists; pass --force to overwrite it")
+    outputs = check_outputs(args)
     state, model = load_gated(args.input)
+    dictionary = target_dictionary(state, model.w2v_encoder.proj.out_features, args.dictionary)
     result = prune(model, state["cfg"].model, round_to=args.round_to)
+    new_state = exported_state(state, result, os.path.abspath(args.input), dictionary)
+    write_outputs(outputs, new_state)
     print(format_table(result))
-    new_state = exported_state(state, result, os.path.abspath(args.input))
-    if args.plot:
-        plot_architecture(result.summary, args.plot)
-    save_atomic(new_state, args.output, force=args.force)
-    if args.summary_json:
-        with atomic_output(args.summary_json, ".json") as tmp, open(tmp, "w") as f:
-            json.dump(new_state["pruning_summary"], f, indent=2)
     n = sum(p.numel() for p in result.model.parameters())
     print(f"wrote {args.output}: {n / 1e6:.3f}M parameters")
     return new_state["pruning_summary"]
@@ -122,10 +181,14 @@ def cli_main(argv: Optional[List[str]] = None) -> None:
     logging.getLogger().setLevel(logging.WARNING)  # importing fairseq/hydra can leave the root logger at DEBUG
     args = get_parser().parse_args(argv)
     try:
-        main(args)
+        with sigterm_raises():
+            main(args)
     except (CheckpointError, FileExistsError, ValueError) as e:
         print(f"fairseq-prune-export: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Terminated as e:
+        print("fairseq-prune-export: terminated by SIGTERM; unfinished outputs were removed", file=sys.stderr)
+        sys.exit(e.code)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from ..inference import (
     run_inference,
     summary_line,
 )
+from ..safe_output import Terminated, sigterm_raises
 
 logger = logging.getLogger("fairseq_prune.infer")
 
@@ -123,19 +124,24 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def cli_main(argv: Optional[List[str]] = None) -> None:
-    """Console-script entry point: bad input ends with one ``error:`` line on stderr and exit status 2 (other
-    failures raise with a traceback)."""
+    """Console-script entry point: bad input ends with one ``error:`` line on stderr and exit status 2, SIGTERM
+    with one line and status 143 (other failures raise with a traceback)."""
     logging.basicConfig(
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stderr,
         force=True,
     )
+    # fairseq's audio reader logs each failed attempt before it gives up; the error line says why it failed
+    logging.getLogger("fairseq.data.audio.raw_audio_dataset").setLevel(logging.ERROR)
     parser = get_parser()
     args = parser.parse_args(argv)
     try:
-        main(args)
+        with sigterm_raises():  # the result files' temporary files are removed on SIGTERM too
+            main(args)
     except InferenceError as e:
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line
         parser.exit(2, f"fairseq-prune-infer: error: {message}\n")
+    except Terminated as e:
+        parser.exit(e.code, "fairseq-prune-infer: terminated by SIGTERM; unfinished result files were removed\n")
 
 
 if __name__ == "__main__":
