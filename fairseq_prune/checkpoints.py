@@ -2,6 +2,7 @@
 import argparse
 import contextlib
 import os
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -10,6 +11,7 @@ from fairseq import checkpoint_utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import DictConfig, open_dict
 
+from .errors import PluginError, load_error_line
 from .modules.hard_concrete import is_gate_key
 from .safe_output import new_temp_file
 
@@ -24,7 +26,7 @@ _FINETUNED_PREFIX = "w2v_encoder.w2v_model."
 _PROJ_PREFIX = "w2v_encoder.proj."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PluginError):
     """A checkpoint that is missing, unreadable, or of the wrong kind (the message names the file)."""
 
 
@@ -41,11 +43,14 @@ def read_checkpoint(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -
     (old ``args``-style checkpoints are converted)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
+    damage = checkpoint_damage(path)
+    if damage is not None:
+        raise CheckpointError(f"{path}: not a readable fairseq checkpoint ({damage})")
     register_safe_globals()
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides)
-    except Exception as e:  # torch/pickle/omegaconf errors: report which file, then the cause
-        raise CheckpointError(f"{path}: not a readable fairseq checkpoint ({type(e).__name__}: {e})") from e
+    except Exception as e:  # torch/pickle/omegaconf errors: report which file, then the cause (one line)
+        raise CheckpointError(f"{path}: not a readable fairseq checkpoint ({load_error_line(e)})") from e
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
     if state.get("cfg") is None:
@@ -53,6 +58,23 @@ def read_checkpoint(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -
             raise CheckpointError(f"{path}: fairseq checkpoint without 'cfg' or 'args'")
         state["cfg"] = convert_namespace_to_omegaconf(state["args"])
     return state
+
+
+def checkpoint_damage(path: str) -> Optional[str]:
+    """Why ``path`` is not a file ``torch.save`` finished writing (empty, or a zip archive whose end is missing, as
+    an interrupted copy leaves them), or ``None`` when it looks complete. Cheap: reads the zip directory, not the
+    tensors. A file in torch's old (non-zip) format is left to ``torch.load``."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return "empty: 0 bytes"
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return None
+    try:
+        with zipfile.ZipFile(path):
+            return None
+    except (zipfile.BadZipFile, OSError):
+        return f"truncated: {size} bytes, the end of its zip archive is missing"
 
 
 def model_name(state: Dict[str, Any]) -> str:

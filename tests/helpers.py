@@ -115,11 +115,17 @@ def padded_batch(lengths: List[int], seed: int = 0):
     return x, pad
 
 
-def run(cmd: List[str], cwd: str = REPO, timeout: int = 600, env: Optional[dict] = None) -> subprocess.CompletedProcess:
-    """Run a command of the venv, failing the test with its output when it fails."""
+def run_unchecked(cmd: List[str], cwd: str = REPO, timeout: int = 600,
+                  env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Run a command of the venv (one thread, stdout and stderr captured apart), whatever its exit status."""
     full_env = _env()
     full_env.update(env or {})
-    p = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def run(cmd: List[str], cwd: str = REPO, timeout: int = 600, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Run a command of the venv, failing the test with its output when it fails."""
+    p = run_unchecked(cmd, cwd, timeout, env)
     if p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
     return p

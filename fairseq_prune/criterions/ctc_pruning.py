@@ -24,6 +24,7 @@ from fairseq.dataclass import ChoiceEnum
 from torch import nn
 
 from ..cost import Cost, cost_breakdown, totals
+from ..errors import ConfigError, one_line_errors
 from ..modules.hard_concrete import LAGRANGIAN_PARAM_GROUP
 from ..modules.wav2vec2 import GATE_GROUPS
 
@@ -95,9 +96,9 @@ def _unwrap(model):
 
 def _check_target(name: str, value: Optional[float]) -> float:
     if value is None:
-        raise ValueError(f"criterion.{name} is required for this budget")
+        raise ConfigError(f"criterion.{name} is required for this budget")
     if not (0.0 < value <= 1.0):
-        raise ValueError(f"criterion.{name}={value} is outside (0, 1]")
+        raise ConfigError(f"criterion.{name}={value} is outside (0, 1]")
     return float(value)
 
 
@@ -108,23 +109,26 @@ class CtcPruningCriterion(CtcCriterion):
         self.budget = str(cfg.budget)
         if self.budget == "sep_size":
             if cfg.target_cnn is None or cfg.target_transformer is None:
-                raise ValueError("criterion.budget=sep_size needs both criterion.target_cnn and criterion.target_transformer")
+                raise ConfigError(
+                    "criterion.budget=sep_size needs both criterion.target_cnn and criterion.target_transformer"
+                )
             self.term_names = ["cnn", "transformer"]
-            self.targets = [_check_target("target_cnn", cfg.target_cnn), _check_target("target_transformer", cfg.target_transformer)]
+            self.targets = [_check_target("target_cnn", cfg.target_cnn),
+                            _check_target("target_transformer", cfg.target_transformer)]
         else:
             self.term_names = [self.budget]
             self.targets = [_check_target("target", cfg.target)]
         if cfg.target_warmup_updates < 0:
-            raise ValueError(f"criterion.target_warmup_updates={cfg.target_warmup_updates} must be >= 0")
+            raise ConfigError(f"criterion.target_warmup_updates={cfg.target_warmup_updates} must be >= 0")
         self.warmup = cfg.target_warmup_updates
         if cfg.budget_tolerance < 0:
-            raise ValueError(f"criterion.budget_tolerance={cfg.budget_tolerance} must be >= 0")
+            raise ConfigError(f"criterion.budget_tolerance={cfg.budget_tolerance} must be >= 0")
         self.tolerance = cfg.budget_tolerance
         self.reference_samples = int(round(cfg.reference_seconds * cfg.reference_sample_rate))
         n = len(self.term_names)
         self.lambda_1 = nn.Parameter(torch.zeros(n))
         if cfg.lambda_2_init < 0:
-            raise ValueError(f"criterion.lambda_2_init={cfg.lambda_2_init} must be >= 0")
+            raise ConfigError(f"criterion.lambda_2_init={cfg.lambda_2_init} must be >= 0")
         self.lambda_2 = nn.Parameter(torch.full((n,), float(cfg.lambda_2_init)))
         for p in (self.lambda_1, self.lambda_2):
             p.param_group = LAGRANGIAN_PARAM_GROUP
@@ -145,20 +149,28 @@ class CtcPruningCriterion(CtcCriterion):
             return [cost["total"].macs / orig["total"].macs]
         return [cost["cnn"].params / orig["cnn"].params, cost["transformer"].params / orig["transformer"].params]
 
-    def _setup(self, model) -> None:
-        """Check the budget against what the model can prune (once, at the first forward)."""
+    @classmethod
+    def build_criterion(cls, cfg: CtcPruningCriterionConfig, task):
+        with one_line_errors():
+            return super().build_criterion(cfg, task)
+
+    def check_budget(self, model) -> None:
+        """Check the budget against what the model can prune, and keep the model's full cost (the ratios'
+        denominator). Task ``audio_pruning`` calls this when it builds the criterion, before training starts;
+        with another task it runs at the first forward."""
+        model = _unwrap(model)
         w2v = model.w2v_model
         groups = set(w2v.gates_by_group())
         if not groups:
-            raise ValueError(
+            raise ConfigError(
                 "criterion ctc_pruning needs a model with gates: set at least one model.prune_* flag "
                 "(prune_conv_channels, prune_attention_heads, prune_ffn_units, ...)"
             )
         if self.budget == "sep_size":
             if "conv_channels" not in groups:
-                raise ValueError("criterion.budget=sep_size has a CNN target but model.prune_conv_channels is false")
+                raise ConfigError("criterion.budget=sep_size has a CNN target but model.prune_conv_channels is false")
             if not groups & set(TRANSFORMER_GROUPS):
-                raise ValueError(
+                raise ConfigError(
                     "criterion.budget=sep_size has a Transformer target but no Transformer gates "
                     "(model.prune_attention_heads / prune_ffn_units / prune_attention_layers / prune_ffn_layers)"
                 )
@@ -167,7 +179,7 @@ class CtcPruningCriterion(CtcCriterion):
         floor = self._ratios(totals(cost_breakdown(shape, self.reference_samples, w2v.structure_counts("minimum"))))
         for name, lowest, target in zip(self.term_names, floor, self.targets):
             if target < float(lowest):
-                raise ValueError(
+                raise ConfigError(
                     f"criterion target {target} for the {name} budget cannot be reached: with the prunable groups "
                     f"{sorted(groups)} the smallest possible ratio is {float(lowest):.3f}"
                 )
@@ -177,7 +189,7 @@ class CtcPruningCriterion(CtcCriterion):
         loss, sample_size, logging_output = super().forward(model, sample, reduce=reduce)
         inner = _unwrap(model)
         if self._original is None:
-            self._setup(inner)
+            self.check_budget(inner)
         w2v = inner.w2v_model
         shape = inner.shape()
         expected = totals(cost_breakdown(shape, self.reference_samples, w2v.structure_counts("expected")))

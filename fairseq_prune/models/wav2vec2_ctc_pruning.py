@@ -12,6 +12,7 @@ from torch import nn
 
 from ..checkpoints import CheckpointError, load_w2v_source
 from ..cost import Wav2Vec2Shape
+from ..errors import ConfigError, one_line_errors
 from ..modules.hard_concrete import is_gate_key
 from ..modules.wav2vec2 import PrunableWav2Vec2Model, PruningPlan
 
@@ -139,7 +140,7 @@ class PrunableWav2VecEncoder(Wav2VecEncoder):
 
         pretrained_normalize = w2v_args.task.get("normalize", w2v_args.model.get("normalize", False))
         if cfg.normalize != pretrained_normalize:
-            raise ValueError(
+            raise ConfigError(
                 f"task.normalize={cfg.normalize} but the wav2vec2 model was pre-trained with "
                 f"normalize={pretrained_normalize}; set task.normalize to match"
             )
@@ -147,7 +148,7 @@ class PrunableWav2VecEncoder(Wav2VecEncoder):
             self._adopt_exported_sizes(cfg, source)
         plan = plan_from_cfg(cfg)
         if plan.prune_conv_channels and w2v_args.model.feature_grad_mult <= 0:
-            raise ValueError(
+            raise ConfigError(
                 "model.prune_conv_channels=true needs gradients in the CNN, but model.feature_grad_mult="
                 f"{w2v_args.model.feature_grad_mult} runs it under torch.no_grad(); set model.feature_grad_mult "
                 "to a value > 0 (e.g. 1.0)"
@@ -216,7 +217,8 @@ class Wav2Vec2CtcPruning(Wav2VecCtc):
 
     @classmethod
     def build_model(cls, cfg: Wav2Vec2CtcPruningConfig, task):
-        return cls(cfg, PrunableWav2VecEncoder(cfg, len(task.target_dictionary)))
+        with one_line_errors():
+            return cls(cfg, PrunableWav2VecEncoder(cfg, len(task.target_dictionary)))
 
     @property
     def w2v_model(self) -> PrunableWav2Vec2Model:

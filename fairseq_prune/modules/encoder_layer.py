@@ -9,6 +9,7 @@ from fairseq.modules import LayerNorm
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from torch import nn
 
+from ..errors import ConfigError
 from .attention import OutputBias, PrunableSelfAttention
 from .hard_concrete import HardConcrete, combine
 
@@ -138,7 +139,7 @@ class PrunableTransformerEncoder(TransformerEncoder):
         prune_ffn_layers: bool = False,
     ) -> None:
         if args.layer_type != "transformer":
-            raise ValueError(f"only layer_type=transformer can be pruned, this model has {args.layer_type!r}")
+            raise ConfigError(f"only layer_type=transformer can be pruned, this model has {args.layer_type!r}")
         # read by build_encoder_layer, which fairseq's __init__ calls before returning
         self.__dict__["_plan"] = dict(
             heads=list(heads),

@@ -16,6 +16,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 #: Name of the fairseq ``optimizer: composite`` parameter group that gate and Lagrangian parameters join.
 PRUNING_PARAM_GROUP = "pruning"
 #: ... and the group of the Lagrange multipliers of the sparsity constraint (see criterions/ctc_pruning.py).
@@ -56,9 +58,12 @@ class HardConcrete(nn.Module):
         if n <= 0:
             raise ValueError(f"a hard concrete gate needs at least one unit, got n={n}")
         if not (limit_l < 0.0 and limit_r > 1.0):
-            raise ValueError(f"gate stretch limits must satisfy l < 0 < 1 < r, got ({limit_l}, {limit_r})")
+            raise ConfigError(
+                f"gate stretch limits (model.gate_limit_l, gate_limit_r) must satisfy l < 0 < 1 < r, got "
+                f"({limit_l}, {limit_r})"
+            )
         if temperature <= 0:
-            raise ValueError(f"gate temperature must be positive, got {temperature}")
+            raise ConfigError(f"gate temperature (model.gate_temperature) must be positive, got {temperature}")
         self.n = n
         self.temperature = temperature
         self.limit_l = limit_l

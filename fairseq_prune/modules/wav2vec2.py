@@ -11,6 +11,7 @@ from omegaconf import open_dict
 from torch import nn
 
 from ..cost import StructureCounts, Wav2Vec2Shape, parse_conv_layers
+from ..errors import ConfigError
 from .conv_feature_extractor import GatedConvFeatureExtractor, GatedFeatureLayerNorm
 from .encoder_layer import PrunableEncoderLayer, PrunableTransformerEncoder
 from .hard_concrete import HardConcrete
@@ -78,13 +79,15 @@ class PrunableWav2Vec2Model(Wav2Vec2Model):
 
     def __init__(self, cfg, plan: PruningPlan) -> None:
         if getattr(cfg, "quantize_input", False):
-            raise ValueError("wav2vec2 models with quantize_input=True are not supported")
+            raise ConfigError("wav2vec2 models with quantize_input=True are not supported")
         if getattr(cfg, "pos_conv_depth", 1) != 1 or getattr(cfg, "conv_pos_batch_norm", False):
-            raise ValueError("only the single weight-normed positional convolution of wav2vec2 is supported")
+            raise ConfigError("only the single weight-normed positional convolution of wav2vec2 is supported")
         full = parse_conv_layers(cfg.conv_feature_layers)
         conv_channels = list(plan.conv_channels) or [c for c, _, _ in full]
         if len(conv_channels) != len(full) or min(conv_channels) <= 0:
-            raise ValueError(f"conv_channels {conv_channels} must give a positive size to each of {len(full)} layers")
+            raise ConfigError(
+                f"model.conv_channels={conv_channels} must give a positive size to each of {len(full)} conv layers"
+            )
         layers = [(c, k, s) for c, (_, k, s) in zip(conv_channels, full)]
         D = cfg.encoder_embed_dim
         had_proj = full[-1][0] != D

@@ -12,6 +12,9 @@ does not reseed per update (it does reseed torch's, which drives dropout and the
 seeds NumPy from ``(seed, update, rank)`` for each step, so that a run resumed from ``checkpoint_last.pt``
 follows the same trajectory as an uninterrupted one.
 
+The budget of criterion ``ctc_pruning`` is checked against the model when the criterion is built, before
+training starts (an unreachable target stops the run before fairseq writes anything into ``save_dir``).
+
 After each optimizer step the gates' ``log_alpha`` are projected back into their range
 (``model.gate_log_alpha_limit``), which keeps every gate within reach of the sparsity constraint.
 
@@ -31,6 +34,7 @@ from omegaconf import open_dict
 
 from ..checkpoints import PER_LAYER_SIZES
 from ..decoding import greedy_units, target_words, units_to_words
+from ..errors import one_line_errors
 from ..intent import intent_counts
 
 
@@ -79,7 +83,19 @@ class AudioPruningTask(AudioFinetuningTask):
             with open_dict(model_cfg):
                 for key in PER_LAYER_SIZES:
                     model_cfg[key] = built[key]
+        self._model = model  # for build_criterion, which fairseq's train.py calls next
         return model
+
+    def build_criterion(self, cfg, from_checkpoint=False):
+        """fairseq's, then the budget checked against the model built before (fairseq's ``train.py`` builds the
+        model first): a target the model cannot reach is refused before training starts, i.e. before fairseq
+        could write a ``crash.pt`` or any checkpoint."""
+        criterion = super().build_criterion(cfg, from_checkpoint)
+        model = getattr(self, "_model", None)
+        if model is not None and hasattr(criterion, "check_budget"):
+            with one_line_errors():
+                criterion.check_budget(model)
+        return criterion
 
     def optimizer_step(self, optimizer, model, update_num):
         super().optimizer_step(optimizer, model, update_num)
