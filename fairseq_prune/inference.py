@@ -481,6 +481,8 @@ class InferenceConfig:
     beam: Optional[BeamOptions] = None
     quiet: bool = False
     progress: bool = True
+    #: ``pytorch``, or ``onnxruntime`` for a model written by fairseq-prune-onnx (``path`` is then the .onnx file)
+    backend: str = "pytorch"
 
 
 def check_options(cfg: InferenceConfig) -> None:
@@ -503,12 +505,17 @@ def check_options(cfg: InferenceConfig) -> None:
 def load_inputs(cfg: InferenceConfig) -> Tuple[Manifest, List[AudioEntry], LoadedModel]:
     """Check the checkpoint, the manifest, its dictionary and its audio files, then load the model and the
     subset (whose failed audio reads are reported with their manifest line)."""
-    state = read_ctc_checkpoint(cfg.path)
-    labels = cfg.labels or checkpoint_labels(state)
-    manifest = check_manifest(cfg.data, cfg.gen_subset, labels)
-    check_dictionary(cfg.path, state, manifest.dict_file)
-    entries = check_audio(manifest.tsv, int(state["cfg"].task.get("sample_rate", 16000)))
-    loaded = load_model(cfg.path, state, cfg.data, labels, cfg.cpu)
+    if cfg.backend == "onnxruntime":  # the same checks, onnxruntime in place of the model
+        from .onnx_runtime import read_onnx_model
+
+        manifest, entries, loaded = read_onnx_model(cfg)
+    else:
+        state = read_ctc_checkpoint(cfg.path)
+        labels = cfg.labels or checkpoint_labels(state)
+        manifest = check_manifest(cfg.data, cfg.gen_subset, labels)
+        check_dictionary(cfg.path, state, manifest.dict_file)
+        entries = check_audio(manifest.tsv, int(state["cfg"].task.get("sample_rate", 16000)))
+        loaded = load_model(cfg.path, state, cfg.data, labels, cfg.cpu)
     task = loaded.task
     try:
         task.load_dataset(cfg.gen_subset, task_cfg=loaded.cfg.task)
@@ -610,6 +617,7 @@ def summary_dict(
         "labels": loaded.labels,
         "post_process": post,
         "decoder": decoder,
+        "backend": cfg.backend,
         "device": loaded.device,
         "lm": None if cfg.beam is None else {
             "kenlm_model": os.path.abspath(cfg.beam.kenlm_model),

@@ -145,7 +145,8 @@ class TraceableCtc(nn.Module):
         pad_row[0] = 0.0  # what fairseq's get_logits writes into padded frames
         self.register_buffer("pad_row", pad_row, persistent=False)
 
-    def encode(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def encode(self, source: torch.Tensor,
+               padding_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``(B, T, C)`` encoder output and ``(B, T)`` frame padding (``None`` without a padding-mask input)."""
         w2v = self.w2v
         features = w2v.layer_norm(w2v.feature_extractor(source).transpose(1, 2))  # (B, T, C_L)
@@ -172,7 +173,8 @@ class TraceableCtc(nn.Module):
             x = enc.layer_norm(x)
         return x, frames_pad
 
-    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, source: torch.Tensor,
+                padding_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         x, frames_pad = self.encode(source, padding_mask)
         logits = self.proj(x)  # (B, T, V)
         if self.blank_weight != 0:
@@ -248,7 +250,8 @@ def export_onnx(model: nn.Module, spec: OnnxSpec, metadata: Dict[str, str], opse
     traced = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)
               and not w.filename.endswith(os.path.join("torch", "nn", "functional.py"))]
     if traced:  # a value was frozen into the graph: its shapes would not follow the input
-        raise OnnxExportError(f"tracing froze a value into the graph: {traced[0].message} ({traced[0].filename}:{traced[0].lineno})")
+        w = traced[0]
+        raise OnnxExportError(f"tracing froze a value into the graph: {w.message} ({w.filename}:{w.lineno})")
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.helper.set_model_props(proto, dict(metadata))
     return proto.SerializeToString()
@@ -273,7 +276,8 @@ def random_padded_batch(lengths: Sequence[int], seed: int) -> Tuple[torch.Tensor
 def _compare(ours: torch.Tensor, ref: torch.Tensor, what: str) -> float:
     """Max abs difference over finite entries; :class:`OnnxExportError` when shapes or ``±inf`` positions differ."""
     if ours.shape != ref.shape:
-        raise OnnxExportError(f"onnxruntime's output has shape {tuple(ours.shape)}, PyTorch's {tuple(ref.shape)} ({what})")
+        raise OnnxExportError(f"onnxruntime's output has shape {tuple(ours.shape)}, PyTorch's {tuple(ref.shape)} "
+                              f"({what})")
     finite = torch.isfinite(ref)
     if not torch.equal(finite, torch.isfinite(ours)) or not torch.equal(ours[~finite], ref[~finite]):
         raise OnnxExportError(f"onnxruntime's output and PyTorch's differ in their -inf (padded) entries ({what})")

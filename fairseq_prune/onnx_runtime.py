@@ -105,3 +105,72 @@ class OnnxCtcModel:
             source[i, : len(w)] = w
             padding_mask[i, : len(w)] = False
         return source, padding_mask
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fairseq-prune-infer --backend onnxruntime
+
+
+class FairseqOnnxAdapter:
+    """Stands in for the fairseq model in ``fairseq-prune-infer``'s decoding loop: called like the model, it
+    returns fairseq's ``net_output`` computed by onnxruntime, and ``get_logits`` gives it back unchanged (the
+    graph already sets padded frames as fairseq's ``get_logits`` does)."""
+
+    def __init__(self, model: OnnxCtcModel) -> None:
+        self.onnx = model
+
+    def __call__(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **unused) -> Dict[str, Any]:
+        """``source``/``padding_mask``: ``(B, S)``. Returns ``encoder_out`` ``(T, B, V)`` and ``padding_mask``
+        ``(B, T)`` (``None`` when no frame is padded, as fairseq returns it)."""
+        pad = None if padding_mask is None else padding_mask.cpu().numpy()
+        scores, lengths = self.onnx.emissions(source.cpu().numpy(), pad)
+        scores, lengths = torch.from_numpy(scores), torch.from_numpy(lengths)
+        frames = torch.arange(scores.shape[1]).unsqueeze(0) >= lengths.unsqueeze(1)
+        return {"encoder_out": scores.transpose(0, 1), "padding_mask": frames if bool(frames.any()) else None}
+
+    @staticmethod
+    def get_logits(net_output: Dict[str, Any]) -> torch.Tensor:
+        return net_output["encoder_out"]
+
+
+def decoding_task_cfg(task: Dict[str, Any], data: str, labels: str):
+    """The stored task config with the manifest folder and labels replaced and the fields that only shape
+    training batches reset, as ``fairseq_prune.inference.load_model`` does for a checkpoint."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(task)
+    cfg.data = os.path.abspath(data)
+    cfg.labels = labels
+    cfg.max_sample_size = None
+    cfg.min_sample_size = None
+    cfg.num_batch_buckets = 0
+    return cfg
+
+
+def read_onnx_model(cfg) -> Tuple[Any, List[Any], Any]:
+    """``(manifest, audio entries, loaded model)`` for ``fairseq-prune-infer --backend onnxruntime``: the checks of
+    the PyTorch path (manifest, its dictionary against the one stored in the ONNX file, every audio file), the
+    stored task config reading the manifest, and onnxruntime in place of the model."""
+    from fairseq import tasks
+    from omegaconf import OmegaConf
+
+    from .decode_inputs import InferenceError, check_audio, check_dictionary, check_manifest
+    from .inference import LoadedModel
+
+    try:
+        model = OnnxCtcModel(cfg.path)
+    except OnnxModelError as e:
+        raise InferenceError(str(e)) from e
+    if not model.has_padding_mask and cfg.batch_size != 1:
+        raise InferenceError(f"{cfg.path}: was exported with --no-padding-mask, so it decodes one utterance at a "
+                             "time: pass --batch-size 1 (or export it with a padding-mask input)")
+    labels = cfg.labels or model.meta.labels
+    manifest = check_manifest(cfg.data, cfg.gen_subset, labels)
+    stored = {"target_dictionary": {"symbols": model.meta.symbols, "file": f"stored in {cfg.path}"}}
+    check_dictionary(cfg.path, stored, manifest.dict_file)
+    entries = check_audio(manifest.tsv, model.meta.sample_rate)
+    task_cfg = decoding_task_cfg(model.meta.fairseq_task, cfg.data, labels)
+    task = tasks.setup_task(task_cfg)
+    loaded = LoadedModel(cfg.path, FairseqOnnxAdapter(model), task, OmegaConf.create({"task": task_cfg}),
+                         model.meta.model, labels, model.meta.post_process, "cpu")
+    return manifest, entries, loaded

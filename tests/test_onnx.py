@@ -1,7 +1,6 @@
 """ONNX: the export-only traceable forward equals fairseq's; ``fairseq-prune-onnx`` writes models that onnxruntime
-runs with PyTorch's outputs (≤ 1e-4) and decodes alone from their metadata; ``fairseq-prune-infer --backend
-onnxruntime`` writes the same hypotheses as the PyTorch path; bad input is one clear line and writes nothing."""
-import json
+runs with PyTorch's outputs (≤ 1e-4) and decodes alone from their metadata, at mini and wav2vec2-base size; bad
+input is one clear line and writes nothing."""
 import os
 import shutil
 import stat
@@ -10,107 +9,28 @@ import sys
 import numpy as np
 import pytest
 import torch
-from fairseq import tasks
 from fairseq.data import Dictionary
 from fairseq.data.data_utils import post_process
-from omegaconf import OmegaConf
 
 pytest.importorskip("onnxruntime", reason="the ONNX path needs pip install -e '.[onnx]'")
 pytest.importorskip("onnx", reason="the ONNX path needs pip install -e '.[onnx]'")
 
-import fairseq_prune  # noqa: E402,F401  (registers our model and task)
 from fairseq_prune.checkpoints import wav2vec2_pretraining_cfg  # noqa: E402
-from fairseq_prune.cli import export as export_cli  # noqa: E402
 from fairseq_prune.cli import onnx as onnx_cli  # noqa: E402
 from fairseq_prune.decoding import greedy_units  # noqa: E402
-from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning, Wav2Vec2CtcPruningConfig  # noqa: E402
+from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning  # noqa: E402
 from fairseq_prune.onnx_export import (  # noqa: E402
     OnnxSpec, TraceableCtc, export_onnx, random_padded_batch, reference_emissions,
 )
 from fairseq_prune.onnx_runtime import OnnxCtcModel  # noqa: E402
-from helpers import SMALL_W2V, root_cfg, write_noise_corpus  # noqa: E402
-from infer_fixtures import write_plain_ctc_checkpoint  # noqa: E402
+from helpers import SMALL_W2V  # noqa: E402
+from onnx_fixtures import (  # noqa: E402,F401  (fixtures)
+    INTENTS, assert_close, corpus, exported, gated, load, plain_ctc, to_onnx,
+)
 
-INTENTS = ["alarm_set", "play_music"]
-W2V = "w2v_encoder.w2v_model."
 #: lengths (samples) of the equality checks: 23457, 13001, 6001 and 401 are not multiples of the 320-sample stride;
 #: 401 gives a single frame
 BATCHES = [(16000,), (23457,), (31999, 12345, 6001), (401, 16000)]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# fixtures
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> str:
-    """Noise audio, SLURP-style labels (intent token first), with an intent inventory like manifests/slurp.py's."""
-    folder = write_noise_corpus(str(tmp_path_factory.mktemp("onnx-corpus")), {"test": 9}, seed=3, intents=INTENTS)
-    with open(os.path.join(folder, "intents.json"), "w") as f:
-        json.dump({"intents": INTENTS}, f)
-    return folder
-
-
-def write_gated_checkpoint(path: str, w2v: str, data: str) -> str:
-    """A wav2vec2_ctc_pruning checkpoint with random gates: every head of layer 0 and every FFN unit of layer 1
-    closed, the other gates drawn in [-3, 3] (some closed, some open, some folded values between 0 and 1)."""
-    model_cfg = Wav2Vec2CtcPruningConfig(
-        w2v_path=w2v, prune_conv_channels=True, prune_attention_heads=True, prune_ffn_units=True,
-        feature_grad_mult=1.0, mask_prob=0.0, mask_channel_prob=0.0,
-    )
-    cfg = root_cfg(model_cfg, data, task="audio_pruning")
-    cfg.criterion = OmegaConf.create({"_name": "ctc", "post_process": "letter"})
-    torch.manual_seed(1)
-    model = tasks.setup_task(cfg.task).build_model(cfg.model)
-    sd = model.state_dict()
-    for k in sd:
-        if k.endswith("log_alpha"):
-            sd[k].uniform_(-3.0, 3.0)
-    sd[W2V + "encoder.layers.0.head_gate.log_alpha"].fill_(-10.0)
-    sd[W2V + "encoder.layers.1.ffn_unit_gate.log_alpha"].fill_(-10.0)
-    torch.save({
-        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "model": sd,
-        "optimizer_history": [{"criterion_name": "CtcCriterion", "optimizer_name": "FairseqAdam",
-                               "lr_scheduler_state": {}, "num_updates": 0}],
-        "extra_state": {}, "last_optimizer_state": None,
-    }, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def gated(tmp_path_factory, small_w2v, corpus) -> str:
-    return write_gated_checkpoint(str(tmp_path_factory.mktemp("gated") / "gated.pt"), small_w2v, corpus)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, gated) -> str:
-    """The compact model fairseq-prune-export writes (a layer without heads, a layer without FFN units)."""
-    out = str(tmp_path_factory.mktemp("exported") / "pruned.pt")
-    export_cli.main(export_cli.get_parser().parse_args([gated, out]))
-    sizes = torch.load(out, weights_only=True)["cfg"]["model"]
-    assert sizes["attention_heads"][0] == 0 and sizes["ffn_units"][1] == 0 and min(sizes["conv_channels"]) < 32
-    return out
-
-
-@pytest.fixture(scope="module")
-def plain_ctc(tmp_path_factory, small_w2v, corpus) -> str:
-    """fairseq's own wav2vec_ctc (fairseq's MultiheadAttention and encoder layers)."""
-    return write_plain_ctc_checkpoint(str(tmp_path_factory.mktemp("plain") / "plain.pt"), small_w2v, corpus)
-
-
-def load(path: str, data: str):
-    state = onnx_cli.read_exportable(path)
-    return onnx_cli.build_model(path, state, Dictionary.load(os.path.join(data, "dict.ltr.txt")))
-
-
-def to_onnx(ckpt: str, out: str, *flags: str) -> dict:
-    return onnx_cli.main(onnx_cli.get_parser().parse_args([ckpt, out, *flags]))
-
-
-def assert_close(ours: torch.Tensor, ref: torch.Tensor, tol: float) -> None:
-    finite = torch.isfinite(ref)
-    assert torch.equal(finite, torch.isfinite(torch.as_tensor(ours)))
-    assert (torch.as_tensor(ours)[finite] - ref[finite]).abs().max().item() <= tol
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,28 +156,40 @@ def test_onnx_file_alone_transcribes_like_pytorch(tmp_path, exported, corpus):
 
 
 BAD = {
-    # name: (arguments after the checkpoint, expected parts of the one error line)
-    "missing folder": (lambda t: [str(t / "nowhere" / "m.onnx")], ["nowhere", "does not exist"]),
-    "existing file": (lambda t: [str(t / "exists.onnx")], ["exists.onnx exists", "--force"]),
-    "missing dict": (lambda t: [str(t / "m.onnx"), "--dict", str(t / "dict.txt")], ["dict.txt", "not found (--dict)"]),
+    # name: (arguments after the checkpoint, given the output folder and the corpus; parts of the one error line)
+    "missing folder": (lambda o, c: [str(o / "nowhere" / "m.onnx")], ["nowhere", "does not exist"]),
+    "existing file": (lambda o, c: [str(o / "exists.onnx")], ["exists.onnx exists", "--force"]),
+    "missing dict": (lambda o, c: [str(o / "m.onnx"), "--dict", str(o / "d.txt")], ["d.txt", "not found (--dict)"]),
+    "other dict": (lambda o, c: [str(o / "m.onnx"), "--dict", _swapped_dict(c, o.parent)],
+                   ["swapped.txt: not the dictionary", "pruned.pt was exported with"]),
 }
 
 
+def _swapped_dict(corpus: str, folder) -> str:
+    """The corpus dictionary with its first two units swapped."""
+    lines = open(os.path.join(corpus, "dict.ltr.txt")).read().splitlines()
+    lines[0], lines[1] = lines[1], lines[0]
+    (folder / "swapped.txt").write_text("\n".join(lines) + "\n")
+    return str(folder / "swapped.txt")
+
+
 @pytest.mark.parametrize("case", sorted(BAD) + ["gated checkpoint", "failed check"])
-def test_bad_input_one_clear_error(case, tmp_path, exported, gated, monkeypatch, capsys):
+def test_bad_input_one_clear_error(case, tmp_path, exported, gated, corpus, monkeypatch, capsys):
     """One ``fairseq-prune-onnx: error:`` line naming the file, exit status 2, nothing written or changed."""
-    (tmp_path / "exists.onnx").write_bytes(b"keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "exists.onnx").write_bytes(b"keep me")
     if case == "gated checkpoint":
-        args, expected = [gated, str(tmp_path / "m.onnx")], ["gated.pt", "hard concrete gates", "fairseq-prune-export"]
+        args, expected = [gated, str(out / "m.onnx")], ["gated.pt", "hard concrete gates", "fairseq-prune-export"]
     elif case == "failed check":  # PyTorch's reference moved by 1e-3: the check must refuse the file
         import fairseq_prune.onnx_export as onnx_export
 
         real = onnx_export.reference_emissions
         monkeypatch.setattr(onnx_export, "reference_emissions", lambda *a, **k: real(*a, **k) + 1e-3)
-        args, expected = [exported, str(tmp_path / "m.onnx")], ["differs from PyTorch's by 1.00e-03", "1e-04"]
+        args, expected = [exported, str(out / "m.onnx")], ["differs from PyTorch's by 1.00e-03", "1e-04"]
     else:
         make, expected = BAD[case]
-        args = [exported, *make(tmp_path)]
+        args = [exported, *make(out, corpus)]
     with pytest.raises(SystemExit) as e:
         onnx_cli.cli_main(args)
     assert e.value.code == 2
@@ -265,4 +197,39 @@ def test_bad_input_one_clear_error(case, tmp_path, exported, gated, monkeypatch,
     assert len(err) == 1 and err[0].startswith("fairseq-prune-onnx: error: "), err
     for part in expected:
         assert part in err[0], (part, err[0])
-    assert sorted(os.listdir(tmp_path)) == ["exists.onnx"] and (tmp_path / "exists.onnx").read_bytes() == b"keep me"
+    assert sorted(os.listdir(out)) == ["exists.onnx"] and (out / "exists.onnx").read_bytes() == b"keep me"
+
+
+@pytest.mark.slow
+def test_base_size_pruned_model(tmp_path):
+    """wav2vec2-base with random gates at half the MACs, exported as the inference benchmark builds it: the ONNX
+    file passes the check and onnxruntime's greedy hypotheses on a padded batch are PyTorch's."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import bench_inference as bench
+    from fairseq_prune.export import prune
+    from fairseq_prune.onnx_export import check_onnx
+    from fairseq_prune.onnx_metadata import OnnxMetadata
+    from helpers import LETTERS
+
+    torch.manual_seed(0)
+    gated = Wav2Vec2CtcPruning.from_w2v_args(wav2vec2_pretraining_cfg({}), bench.VOCAB, **bench.ALL_GATES).eval()
+    bench.set_gates(gated, bench.counts_for_budget(gated, 0.5, "uneven", seed=1), seed=2)
+    model = prune(gated, gated.cfg, round_to=8).model.eval()
+    del gated
+    assert len(set(model.shape().heads)) > 1 and model.shape().conv_channels[0] < 512
+    symbols = Dictionary().symbols + LETTERS
+    assert len(symbols) == bench.VOCAB
+    meta = OnnxMetadata("wav2vec2_ctc_pruning", "bench", True, True, symbols)
+    path = str(tmp_path / "base.onnx")
+    with open(path, "wb") as f:
+        f.write(export_onnx(model, OnnxSpec(), meta.to_props()))
+    report = check_onnx(path, model, OnnxSpec())
+    assert report.max_abs_diff <= 1e-4 and len(report.batches) == 4
+
+    source, padding_mask = random_padded_batch((32000, 25111, 11000), 5)
+    scores, frames = OnnxCtcModel(path).emissions(source.numpy(), padding_mask.numpy())
+    ref = reference_emissions(model, source, padding_mask, log_probs=True)
+    assert_close(torch.from_numpy(scores), ref, 1e-4)
+    ours = greedy_units(torch.from_numpy(scores), torch.from_numpy(frames), blank=0)
+    theirs = greedy_units(ref, torch.isfinite(ref[..., 1]).sum(-1), blank=0)
+    assert ours == theirs and all(len(u) > 10 for u in ours)

@@ -36,7 +36,8 @@ def get_parser() -> argparse.ArgumentParser:
         "seconds, wall seconds and real-time factor.",
     )
     p.add_argument("data", help="manifest directory: {subset}.tsv, {subset}.{labels}, dict.{labels}.txt")
-    p.add_argument("--path", required=True, help="model checkpoint (training checkpoint or exported model)")
+    p.add_argument("--path", required=True, help="model checkpoint (training checkpoint or exported model); with "
+                   "--backend onnxruntime, an ONNX model written by fairseq-prune-onnx")
     p.add_argument("--gen-subset", default="test", help="subset to decode (default: %(default)s)")
     p.add_argument("--labels", default=None, help="label file extension (default: the checkpoint's task.labels)")
     p.add_argument("--results-path", default=None,
@@ -46,6 +47,9 @@ def get_parser() -> argparse.ArgumentParser:
                    "fairseq's infer.yaml)")
     p.add_argument("--batch-size", type=int, default=None, help="max utterances per batch (default: no limit)")
     p.add_argument("--cpu", action="store_true", help="decode on CPU even when a GPU is available")
+    p.add_argument("--backend", choices=("pytorch", "onnxruntime"), default="pytorch",
+                   help="what runs the model: PyTorch (a checkpoint) or onnxruntime on CPU (an ONNX model from "
+                   "fairseq-prune-onnx; needs pip install 'fairseq-prune[onnx]') (default: %(default)s)")
     p.add_argument("--post-process", default=None, choices=POST_PROCESS_CHOICES,
                    help="units -> words (default: the checkpoint's criterion.post_process, else letter)")
     p.add_argument("--seed", type=int, default=1,
@@ -111,6 +115,7 @@ def config_from_args(args: argparse.Namespace) -> InferenceConfig:
         beam=beam_options(args),
         quiet=args.quiet,
         progress=not args.no_progress,
+        backend=args.backend,
     )
 
 

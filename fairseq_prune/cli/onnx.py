@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from ..checkpoints import CheckpointError, atomic_output, model_name, read_checkpoint
 from ..modules.hard_concrete import is_gate_key
 from ..onnx_export import CHECK_TOLERANCE, OPSET, OnnxExportError, OnnxSpec, check_onnx, export_onnx
-from ..onnx_metadata import OnnxMetadata, OnnxModelError, read_intents
+from ..onnx_metadata import OnnxMetadata, OnnxModelError, dictionary_from_symbols, read_intents
 from ..onnx_runtime import import_onnxruntime
 
 logger = logging.getLogger("fairseq_prune.onnx")
@@ -41,8 +41,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="exported (pruned) model, dense wav2vec2_ctc_pruning or wav2vec_ctc checkpoint")
     p.add_argument("output", help="the ONNX file to write (its folder must exist)")
     p.add_argument("--dict", dest="dict_file", default=None,
-                   help="the model's dictionary (default: dict.{labels}.txt in the checkpoint's task.data folder); "
-                   "an intents.json next to it gives the intent inventory")
+                   help="the model's dictionary (default: the one fairseq-prune-export stored in the checkpoint, "
+                   "else dict.{labels}.txt in its task.data folder); an intents.json next to it gives the intents")
     p.add_argument("--labels", default=None, help="label extension (default: the checkpoint's task.labels, else ltr)")
     p.add_argument("--output", dest="scores", choices=("log-probs", "logits"), default="log-probs",
                    help="what the first output holds (default: %(default)s)")
@@ -79,18 +79,28 @@ def read_exportable(path: str) -> Dict[str, Any]:
     return state
 
 
-def dictionary_file(path: str, state: Dict[str, Any], given: Optional[str], labels: str) -> str:
-    """``--dict``, else ``dict.{labels}.txt`` in the checkpoint's ``task.data`` folder."""
+def model_dictionary(path: str, state: Dict[str, Any], given: Optional[str], labels: str) -> Tuple[Any, str]:
+    """``(dictionary, its file)``: ``--dict``; else the one fairseq-prune-export stored in the checkpoint
+    (``target_dictionary``); else ``dict.{labels}.txt`` in the checkpoint's ``task.data`` folder."""
+    from fairseq.data import Dictionary
+
+    stored = state.get("target_dictionary", None)
     if given is not None:
         if not os.path.isfile(given):
             raise OnnxModelError(f"{given}: dictionary not found (--dict)")
-        return given
+        dictionary = Dictionary.load(given)
+        if stored and list(stored["symbols"]) != dictionary.symbols:
+            raise OnnxModelError(f"{given}: not the dictionary {path} was exported with ({stored.get('file')}); "
+                                 "drop --dict to use the stored one")
+        return dictionary, given
+    if stored:
+        return dictionary_from_symbols(list(stored["symbols"]), path), str(stored.get("file") or path)
     data = state["cfg"].task.get("data", None) or ""
     guess = os.path.join(str(data), f"dict.{labels}.txt")
     if not os.path.isfile(guess):
         raise OnnxModelError(f"{path}: its task.data folder has no {os.path.basename(guess)} ({guess}); give the "
                              "model's dictionary with --dict")
-    return guess
+    return Dictionary.load(guess), guess
 
 
 def build_model(path: str, state: Dict[str, Any], dictionary) -> Any:
@@ -142,8 +152,6 @@ def convert(model, meta: OnnxMetadata, spec: OnnxSpec, output: str, opset: int =
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     """Convert as ``args`` say; print what was written and the check; return both."""
-    from fairseq.data import Dictionary
-
     check_output_path(args.output, args.force)
     import_onnxruntime()
     import onnx  # noqa: F401  (the extra installs both)
@@ -151,13 +159,14 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     t0 = time.perf_counter()
     state = read_exportable(args.checkpoint)
     labels = args.labels or str(state["cfg"].task.get("labels", None) or "ltr")
-    dict_file = dictionary_file(args.checkpoint, state, args.dict_file, labels)
-    dictionary = Dictionary.load(dict_file)
+    dictionary, dict_file = model_dictionary(args.checkpoint, state, args.dict_file, labels)
     model = build_model(args.checkpoint, state, dictionary)
     spec = OnnxSpec(log_probs=args.scores == "log-probs", padding_mask_input=not args.no_padding_mask)
     meta = metadata(args.checkpoint, state, dictionary, dict_file, labels, spec)
     diff, batches = convert(model, meta, spec, args.output, args.opset)
-    inputs = "source (batch, samples) float32" + ("" if args.no_padding_mask else ", padding_mask (batch, samples) bool")
+    inputs = "source (batch, samples) float32"
+    if not args.no_padding_mask:
+        inputs += ", padding_mask (batch, samples) bool"
     size = os.path.getsize(args.output) / 1e6
     print(f"wrote {args.output} ({size:.1f} MB, {time.perf_counter() - t0:.1f} s): inputs {inputs}; outputs "
           f"{spec.output_names[0]} (batch, frames, {len(dictionary)}) float32, lengths (batch,) int64; metadata: "
