@@ -11,23 +11,20 @@ from fairseq import checkpoint_utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import DictConfig, open_dict
 
-from .errors import PluginError, load_error_line
+from .errors import CheckpointError, load_error_line
 from .modules.hard_concrete import is_gate_key
 from .safe_output import new_temp_file
 
-#: fairseq model names whose checkpoints ``model.w2v_path`` accepts (``wav2vec2_ctc_pruning``: one without gates,
-#: i.e. trained with the dense recipe or written by fairseq-prune-export; its state-dict keys are those of
-#: ``wav2vec_ctc``)
-PRETRAINED_KINDS = ("wav2vec2",)
-FINETUNED_KINDS = ("wav2vec_ctc", "wav2vec2_ctc_pruning")
+#: fairseq model names whose checkpoints ``model.w2v_path`` accepts: pre-training checkpoints of wav2vec2 and HuBERT,
+#: fine-tuned CTC ones (``wav2vec2_ctc_pruning``: one without gates, i.e. trained with the dense recipe or written by
+#: fairseq-prune-export; its state-dict keys are those of ``wav2vec_ctc``, and ``hubert_ctc`` has them too)
+PRETRAINED_KINDS = ("wav2vec2", "hubert")
+FINETUNED_KINDS = ("wav2vec_ctc", "hubert_ctc", "wav2vec2_ctc_pruning")
+SUPPORTED_KINDS = "wav2vec2, wav2vec_ctc, hubert, hubert_ctc, or a wav2vec2_ctc_pruning one without gates"
 #: the per-layer size fields of an exported model's ``cfg.model``
 PER_LAYER_SIZES = ("conv_channels", "attention_heads", "ffn_units")
 _FINETUNED_PREFIX = "w2v_encoder.w2v_model."
 _PROJ_PREFIX = "w2v_encoder.proj."
-
-
-class CheckpointError(PluginError):
-    """A checkpoint that is missing, unreadable, or of the wrong kind (the message names the file)."""
 
 
 def register_safe_globals() -> None:
@@ -98,21 +95,25 @@ class W2vSource:
 
 
 def load_w2v_source(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -> W2vSource:
-    """Read a wav2vec2 pre-training checkpoint (``cfg`` or old ``args`` style) or a fine-tuned ``wav2vec_ctc``
-    checkpoint. ``arg_overrides`` (dropouts, masking, ...) are applied as fairseq's ``Wav2VecEncoder`` does."""
+    """Read a wav2vec2 or HuBERT pre-training checkpoint (``cfg`` or old ``args`` style) or a fine-tuned CTC
+    checkpoint (``wav2vec_ctc``, ``hubert_ctc``, a gate-free ``wav2vec2_ctc_pruning``). ``arg_overrides`` (dropouts,
+    masking, ...) are applied as fairseq's ``Wav2VecEncoder`` does. A HuBERT model comes out as a wav2vec2 source
+    whose ``w2v_args.model._name`` is ``hubert`` (see :mod:`fairseq_prune.hubert`)."""
+    from .hubert import HUBERT, hubert_as_wav2vec2, wav2vec2_weights
+
     state = read_checkpoint(path, arg_overrides)
     name = model_name(state)
     sizes = {}
+    proj_state = None
     if name in PRETRAINED_KINDS:
         w2v_args = state["cfg"]
         model_state = state["model"]
-        proj_state = None
     elif name in FINETUNED_KINDS:
         if name == "wav2vec2_ctc_pruning":
             sizes = _gate_free_sizes(path, state)
         w2v_args = state["cfg"].model.get("w2v_args", None)
         if w2v_args is None:
-            raise CheckpointError(f"{path}: wav2vec_ctc checkpoint without model.w2v_args")
+            raise CheckpointError(f"{path}: {name} checkpoint without model.w2v_args")
         if isinstance(w2v_args, argparse.Namespace):
             w2v_args = convert_namespace_to_omegaconf(w2v_args)
         model_state = {
@@ -122,13 +123,16 @@ def load_w2v_source(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -
         proj_state = proj_state or None
     else:
         raise CheckpointError(
-            f"{path}: model.w2v_path needs a wav2vec2 pre-training checkpoint (model {PRETRAINED_KINDS[0]!r}) "
-            f"or a fine-tuned CTC checkpoint (model {FINETUNED_KINDS[0]!r}, or a dense {FINETUNED_KINDS[1]!r}); "
-            f"this one holds model {name!r}"
+            f"{path}: model.w2v_path needs a wav2vec2 pre-training or fine-tuned CTC checkpoint, or a HuBERT one "
+            f"(fairseq model {SUPPORTED_KINDS}); this one holds model {name!r}"
         )
     inner = w2v_args.model.get("_name", None)
     if inner not in PRETRAINED_KINDS:
-        raise CheckpointError(f"{path}: its wav2vec2 config describes model {inner!r}, not 'wav2vec2'")
+        raise CheckpointError(
+            f"{path}: its pre-training config describes model {inner!r}; supported: {', '.join(PRETRAINED_KINDS)}"
+        )
+    if inner == HUBERT:
+        w2v_args, model_state = hubert_as_wav2vec2(path, w2v_args, arg_overrides), wav2vec2_weights(model_state)
     with open_dict(w2v_args):
         w2v_args.criterion = None
         w2v_args.lr_scheduler = None

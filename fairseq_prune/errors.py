@@ -1,8 +1,8 @@
 """The plugin's refusals, and how ``fairseq-hydra-train`` reports them: one line.
 
 Settings and files the plugin refuses raise a :class:`PluginError` (a ``ValueError``): :class:`ConfigError` for a
-``model.`` / ``criterion.`` field, :class:`fairseq_prune.checkpoints.CheckpointError` for a checkpoint file. The
-message names the field or file and says what to do.
+``model.`` / ``criterion.`` field, :class:`CheckpointError` (also importable from ``fairseq_prune.checkpoints``) for
+a checkpoint file. The message names the field or file and says what to do.
 
 Left alone, hydra prints such an error as a 30-60 line traceback followed by the message and a hint about
 ``HYDRA_FULL_ERROR``. :func:`one_line_errors` wraps the plugin's entry points that fairseq's ``train.py`` calls
@@ -24,6 +24,10 @@ class PluginError(ValueError):
 
 class ConfigError(PluginError):
     """A configuration field (``model.*``, ``criterion.*``) the plugin refuses, or a combination of them."""
+
+
+class CheckpointError(PluginError):
+    """A checkpoint that is missing, unreadable, or of the wrong kind (the message names the file)."""
 
 
 def one_line(error: BaseException) -> str:

@@ -231,7 +231,7 @@ def prune(model: Wav2Vec2CtcPruning, model_cfg: DictConfig, round_to: int = 1) -
     if round_to > 1:
         # what the same export costs without rounding (the deterministic counts)
         result.unrounded = cost_breakdown(before_shape, REFERENCE_SAMPLES, w2v.structure_counts("deterministic"))
-    result.summary = summarize(before_shape, after_shape, result, round_to)
+    result.summary = {"family": w2v.family, **summarize(before_shape, after_shape, result, round_to)}
     return result
 
 

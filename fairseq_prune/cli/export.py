@@ -40,6 +40,10 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: how reports name a model family (``w2v_args.model._name``)
+FAMILY_NAMES = {"wav2vec2": "wav2vec2", "hubert": "HuBERT"}
+
+
 def _fmt(c: Cost) -> str:
     return f"{float(c.params) / 1e6:8.3f}M {float(c.macs) / 1e9:8.3f}G"
 
@@ -48,7 +52,9 @@ def format_table(result: ExportResult) -> str:
     """Per-layer sizes and costs (params, GMACs at 10 s) before -> after, per component and in total."""
     s = result.summary
     b, a = s["before"], s["after"]
-    lines = ["conv layer  channels          params / GMACs before  ->  after"]
+    family = FAMILY_NAMES.get(s.get("family", "wav2vec2"), s.get("family"))
+    lines = [f"{family} encoder; parameters and GMACs for {s['reference_seconds']:.0f} s of audio",
+             "conv layer  channels          params / GMACs before  ->  after"]
     for i, (cb, ca) in enumerate(zip(b["conv_channels"], a["conv_channels"])):
         lines.append(f"  {i:<9} {cb:>5} -> {ca:<5}  {_fmt(result.before[f'conv.{i}'])}  ->  {_fmt(result.after[f'conv.{i}'])}")
     lines.append("layer  heads       FFN units        params / GMACs before  ->  after")

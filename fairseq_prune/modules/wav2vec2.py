@@ -12,6 +12,7 @@ from torch import nn
 
 from ..cost import StructureCounts, Wav2Vec2Shape, parse_conv_layers
 from ..errors import ConfigError
+from ..hubert import HUBERT, family, hubert_frame_lengths
 from .conv_feature_extractor import GatedConvFeatureExtractor, GatedFeatureLayerNorm
 from .encoder_layer import PrunableEncoderLayer, PrunableTransformerEncoder
 from .hard_concrete import HardConcrete
@@ -75,6 +76,10 @@ class PrunableWav2Vec2Model(Wav2Vec2Model):
 
     State-dict keys of fairseq's modules are unchanged; gates add ``*.log_alpha`` keys only. The pre-training
     heads (quantizer, ``project_q``, ``final_proj``) are removed.
+
+    ``cfg`` is a ``Wav2Vec2Config``; its ``_name`` is the model family (:func:`fairseq_prune.hubert.family`):
+    ``hubert`` (a HuBERT checkpoint mapped by :func:`fairseq_prune.hubert.hubert_as_wav2vec2`) computes the frame
+    padding mask by HuBERT's rule, which is all that differs from wav2vec2 on the fine-tuning path.
     """
 
     def __init__(self, cfg, plan: PruningPlan) -> None:
@@ -97,6 +102,8 @@ class PrunableWav2Vec2Model(Wav2Vec2Model):
             sized.conv_feature_layers = repr(layers)
         super().__init__(sized)
         self.cfg = cfg  # keep the original spec (kernels and strides are what fairseq reads from it)
+        self.family = family(cfg)
+        self._num_samples = 0  # the padded length of the batch during forward (HuBERT's padding rule needs it)
         self.remove_pretraining_modules()
         self.plan = plan
 
@@ -127,10 +134,27 @@ class PrunableWav2Vec2Model(Wav2Vec2Model):
         )
 
     # ----------------------------------------------------------------------------------------------- forward
-    def forward(self, *args, **kwargs):
+    def forward(self, source, *args, **kwargs):
+        """fairseq's ``Wav2Vec2Model.forward``; ``source`` ``(B, S)`` audio (``padding_mask`` ``(B, S)``, True at
+        padding)."""
         for g in self.gates():
             g.clear()  # one fresh draw per gate per forward pass, shared by all its consumers
-        return super().forward(*args, **kwargs)
+        self._num_samples = source.size(-1)
+        try:
+            return super().forward(source, *args, **kwargs)
+        finally:
+            self._num_samples = 0
+
+    def _get_feat_extract_output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
+        """Unpadded frames per utterance, from which fairseq's forward builds the frame padding mask: wav2vec2's
+        conv formula, or for the ``hubert`` family HuBERT's rule (:func:`~fairseq_prune.hubert.hubert_frame_lengths`
+        at the padded length of the batch in ``forward``). ``input_lengths`` ``(B,)`` samples -> ``(B,)`` frames."""
+        if self.family != HUBERT:
+            return super()._get_feat_extract_output_lengths(input_lengths)
+        if self._num_samples <= 0:
+            raise RuntimeError("HuBERT's frame padding rule needs the batch's padded length: only forward() knows it")
+        num_frames = int(super()._get_feat_extract_output_lengths(torch.tensor(self._num_samples)))
+        return hubert_frame_lengths(input_lengths, self._num_samples, num_frames)
 
     def apply_mask(self, x, padding_mask, mask_indices=None, mask_channel_indices=None):
         """fairseq's time and channel masking, with the spans drawn reproducibly.

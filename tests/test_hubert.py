@@ -1,0 +1,212 @@
+"""HuBERT checkpoints through the same gates: with its gates open, wav2vec2_ctc_pruning on a fairseq ``hubert`` or
+``hubert_ctc`` checkpoint computes what fairseq's ``HubertCtc`` computes (padded batches, small, large-style and
+base size); HuBERT's frame padding rule; HuBERT-base costs against torch's FLOP counter; unsupported checkpoints
+refused in one line."""
+import dataclasses
+
+import pytest
+import torch
+from fairseq import tasks
+from fairseq.models.hubert.hubert import HubertModel
+from torch.utils.flop_counter import FlopCounterMode
+
+from fairseq_prune.checkpoints import CheckpointError, save_atomic
+from fairseq_prune.cli.export import _fmt, format_table
+from fairseq_prune.cost import REFERENCE_SAMPLES, cost_breakdown, group_breakdown, totals
+from fairseq_prune.export import prune
+from fairseq_prune.hubert import (
+    HUBERT_BASE,
+    HUBERT_LARGE,
+    hubert_as_wav2vec2,
+    hubert_frame_lengths,
+    hubert_pretraining_cfg,
+    write_hubert_checkpoint,
+)
+from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning, Wav2Vec2CtcPruningConfig
+from helpers import padded_batch, root_cfg
+from hubert_fixtures import SMALL_HUBERT, build_hubert_ctc, encoder_outputs, write_hubert_ctc_checkpoint
+
+ALL_GATES = dict(prune_conv_channels=True, prune_attention_heads=True, prune_attention_layers=True,
+                 prune_ffn_units=True, prune_ffn_layers=True)
+# 6000 and 8000 samples: HuBERT's rule keeps one frame more than wav2vec2's conv formula (19 vs 18, 25 vs 24)
+LENGTHS = [16000, 11000, 8000, 6000]
+
+
+@pytest.fixture(scope="module")
+def small_hubert(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("hubert") / "small_hubert.pt")
+    write_hubert_checkpoint(path, SMALL_HUBERT, seed=0)
+    return path
+
+
+def build_ours(w2v_path: str, data: str, normalize: bool = False, **fields):
+    cfg = root_cfg(Wav2Vec2CtcPruningConfig(w2v_path=w2v_path, feature_grad_mult=1.0, **fields), data)
+    cfg.task.normalize = normalize
+    return tasks.setup_task(cfg.task).build_model(cfg.model)
+
+
+def fairseq_and_ours(ckpt: str, data: str, normalize: bool = False):
+    torch.manual_seed(0)
+    _, ref = build_hubert_ctc(ckpt, data, normalize, feature_grad_mult=1.0)
+    ours = build_ours(ckpt, data, normalize, **ALL_GATES)
+    if ours.w2v_encoder.proj.weight.data_ptr() != ref.w2v_encoder.proj.weight.data_ptr():
+        # a pre-training checkpoint has no output layer: both models initialise one at random
+        ours.w2v_encoder.proj.load_state_dict(ref.w2v_encoder.proj.state_dict())
+    return ref.eval(), ours.eval()
+
+
+def assert_same_outputs(ref, ours, lengths=LENGTHS, tol=1e-5):
+    """Same encoder output on every frame (padded ones included), same frame padding mask; and the CTC logits of
+    the unpadded frames are fairseq's (our padded frames are set to blank as ``wav2vec_ctc`` sets them)."""
+    x, pad = padded_batch(lengths)
+    a, pa = encoder_outputs(ref, x, pad)
+    b, pb = encoder_outputs(ours, x, pad)
+    assert a.shape == b.shape
+    assert torch.equal(pa, pb)
+    assert pa.any(), "the batch should contain padded frames"
+    diff = (a - b).abs().max().item()
+    assert diff <= tol, f"max abs diff {diff}"
+    with torch.no_grad():
+        logits = ours.get_logits(ours(source=x, padding_mask=pad))
+    assert torch.isfinite(logits).logical_not().any(-1).T.equal(pa)
+    assert (logits.transpose(0, 1)[~pa] - a.transpose(0, 1)[~pa]).abs().max().item() <= tol
+    return pa
+
+
+def test_small_hubert_gates_open_equals_fairseq_hubert_ctc(small_hubert, noise_data):
+    ref, ours = fairseq_and_ours(small_hubert, noise_data)
+    assert ours.w2v_model.family == "hubert"
+    assert len(ours.w2v_model.gates()) == 7 + 2 * 4
+    frame_pad = assert_same_outputs(ref, ours)
+    # HuBERT's padding rule is what made the masks equal: wav2vec2's conv formula gives other frame counts here
+    n = torch.tensor(LENGTHS)
+    conv_rule = super(type(ours.w2v_model), ours.w2v_model)._get_feat_extract_output_lengths(n)
+    assert not torch.equal(conv_rule, (~frame_pad).sum(-1))
+
+
+@pytest.mark.parametrize("variant", [
+    dict(extractor_mode="layer_norm", layer_norm_first=True),  # HuBERT-large/-xlarge style (normalised audio)
+    dict(extractor_mode="layer_norm", conv_bias=True, required_seq_len_multiple=1),
+], ids=["layer_norm-extractor+pre-LN", "layer_norm-extractor+conv_bias"])
+def test_large_style_hubert_equals_fairseq(tmp_path, noise_data, variant):
+    ckpt = str(tmp_path / "hubert.pt")
+    normalize = variant.get("layer_norm_first", False)
+    write_hubert_checkpoint(ckpt, {**SMALL_HUBERT, **variant}, normalize=normalize, seed=3)
+    ref, ours = fairseq_and_ours(ckpt, noise_data, normalize)
+    assert_same_outputs(ref, ours)
+
+
+def test_base_size_hubert_equals_fairseq(tmp_path, noise_data):
+    ckpt = str(tmp_path / "hubert_base.pt")
+    write_hubert_checkpoint(ckpt, HUBERT_BASE, seed=1, num_units=500)
+    ref, ours = fairseq_and_ours(ckpt, noise_data)
+    assert ours.w2v_model.cfg.encoder_layers == 12 and ours.w2v_model.cfg.encoder_embed_dim == 768
+    assert_same_outputs(ref, ours, lengths=[24000, 17000, 9000])
+
+
+def test_old_args_style_hubert_checkpoint_loads(tmp_path, noise_data):
+    ckpt = str(tmp_path / "args.pt")
+    write_hubert_checkpoint(ckpt, SMALL_HUBERT, seed=2, args_style=True)
+    assert "cfg" not in torch.load(ckpt, weights_only=False)
+    ref, ours = fairseq_and_ours(ckpt, noise_data)
+    assert_same_outputs(ref, ours)
+
+
+def test_finetuned_hubert_ctc_checkpoint_keeps_encoder_and_output_layer(small_hubert, noise_data, tmp_path):
+    ckpt = str(tmp_path / "hubert_ctc.pt")
+    ref = write_hubert_ctc_checkpoint(ckpt, small_hubert, noise_data)
+    assert torch.load(ckpt, weights_only=False)["cfg"]["model"]["_name"] == "hubert_ctc"
+    ours = build_ours(ckpt, noise_data, **ALL_GATES).eval()
+    assert_same_outputs(ref, ours)  # output layer included: nothing was copied by hand
+    # the keys are HubertCtc's (less HuBERT's pre-training label embeddings) plus the gates
+    ours_keys = {k for k in ours.state_dict() if not k.endswith("log_alpha")}
+    assert ours_keys == set(ref.state_dict()) - {"w2v_encoder.w2v_model.label_embs_concat"}
+
+
+def test_hubert_frame_padding_rule_is_hubert_models():
+    """hubert_frame_lengths against HubertModel.forward_padding_mask itself, on end-padded masks."""
+    g = torch.Generator().manual_seed(0)
+    shape = hubert_model("small").shape()
+    for num_samples in (16000, 12345, 23457, 401):
+        num_frames = shape.conv_frames(num_samples)[-1]
+        lengths = torch.cat([torch.tensor([num_samples, 1]), torch.randint(1, num_samples, (30,), generator=g)])
+        pad = torch.arange(num_samples)[None, :] >= lengths[:, None]
+        features = torch.zeros(len(lengths), num_frames, 1)
+        theirs = HubertModel.forward_padding_mask(None, features, pad)
+        assert torch.equal(hubert_frame_lengths(lengths, num_samples, num_frames), (~theirs).sum(-1)), num_samples
+
+
+def test_unsupported_checkpoints_are_refused_in_one_line(tmp_path, noise_data):
+    from fairseq.dataclass.configs import FairseqConfig
+    from fairseq.models.wav2vec.wav2vec import Wav2VecConfig, Wav2VecModel
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = OmegaConf.structured(FairseqConfig())
+    with open_dict(cfg):
+        cfg.model = OmegaConf.structured(Wav2VecConfig(conv_feature_layers="[(32, 10, 5), (32, 8, 4)]",
+                                                       conv_aggregator_layers="[(32, 3, 1)]"))
+        cfg.model._name = "wav2vec"
+        cfg.task = OmegaConf.create({"_name": "audio_pretraining", "data": ""})
+        cfg.criterion = OmegaConf.create({"_name": "wav2vec", "infonce": False})  # model.infonce reads it
+    w2v1 = str(tmp_path / "wav2vec_large.pt")
+    save_atomic({"cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                 "model": Wav2VecModel(cfg.model).state_dict(),
+                 "optimizer_history": [{"criterion_name": "x", "optimizer_name": "y", "lr_scheduler_state": {},
+                                        "num_updates": 0}], "extra_state": {}}, w2v1)
+    with pytest.raises(CheckpointError) as e:
+        build_ours(w2v1, noise_data)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(w2v1)
+    assert "(fairseq model wav2vec2, wav2vec_ctc, hubert, hubert_ctc, or a wav2vec2_ctc_pruning one without " \
+           "gates); this one holds model 'wav2vec'" in message
+
+    batch_norm = str(tmp_path / "bn.pt")
+    write_hubert_checkpoint(batch_norm, {**SMALL_HUBERT, "conv_pos_batch_norm": True})
+    with pytest.raises(CheckpointError, match="bn.pt: this HuBERT model has a batch-normed positional convolution"):
+        build_ours(batch_norm, noise_data)
+
+
+def hubert_model(size: str, vocab=None, **fields) -> Wav2Vec2CtcPruning:
+    """wav2vec2_ctc_pruning on fairseq's HuBERT-base or -large config, or the tests' small one (random weights; a
+    CTC output layer of ``vocab`` units, or none)."""
+    preset = {"small": SMALL_HUBERT, "base": HUBERT_BASE, "large": HUBERT_LARGE}[size]
+    w2v_args = hubert_as_wav2vec2("", hubert_pretraining_cfg(preset, normalize=size == "large"), None)
+    return Wav2Vec2CtcPruning.from_w2v_args(w2v_args, vocab, **fields).eval()
+
+
+def test_hubert_base_cost_table_matches_flop_counter_and_parameters():
+    """fairseq-prune-export's table for HuBERT-base at 10 s (README): the same shapes as wav2vec2-base, so the same
+    figures; checked against torch's FLOP counter and the parameters of the model (32 output letters)."""
+    model = hubert_model("base", vocab=32, **ALL_GATES, feature_grad_mult=1.0)
+    assert model.w2v_model.family == "hubert"
+    parts = cost_breakdown(model.shape(), REFERENCE_SAMPLES)
+    exact = totals(parts)["total"]
+    encoder = cost_breakdown(dataclasses.replace(model.shape(), vocab_size=0), REFERENCE_SAMPLES)
+    groups = group_breakdown(encoder)
+    assert round(totals(encoder)["total"].macs / 1e9, 2) == 74.17
+    assert round(totals(encoder)["total"].params / 1e6, 2) == 94.37
+    assert round(groups["cnn"].macs / 1e9, 2) == 24.54 and round(groups["ffn"].macs / 1e9, 2) == 28.31
+    x = torch.randn(1, REFERENCE_SAMPLES)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(source=x, padding_mask=None)
+    products = sum(c.macs for name, c in parts.items() if name.endswith("attention_products"))
+    measured = counter.get_total_flops() / 2 + products  # the counter cannot see CPU attention products
+    assert abs(measured - exact.macs) / exact.macs < 0.005, (measured, exact.macs)
+    assert sum(p.numel() for n, p in model.named_parameters() if not n.endswith("log_alpha")) == exact.params
+
+    table = format_table(prune(model, model.cfg))
+    assert table.startswith("HuBERT encoder; parameters and GMACs for 10 s of audio\n")
+    assert f"  {'total':<18} {_fmt(exact)}  ->  {_fmt(exact)}" in table  # all gates open: nothing removed
+    assert "  cnn                   4.200M   24.539G" in table and "  ffn                  56.669M   28.312G" in table
+
+
+def test_hubert_large_costs_match_parameters_and_flop_counter():
+    model = hubert_model("large")
+    parts = cost_breakdown(model.shape(), 16000)  # 1 s: the counter's check, cheaper than 10 s at this size
+    exact = totals(parts)["total"]
+    assert sum(p.numel() for p in model.parameters()) == exact.params
+    assert round(totals(cost_breakdown(model.shape(), REFERENCE_SAMPLES))["total"].params / 1e6, 1) == 315.4
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(source=torch.randn(1, 16000), padding_mask=None)
+    products = sum(c.macs for name, c in parts.items() if name.endswith("attention_products"))
+    assert abs(counter.get_total_flops() / 2 + products - exact.macs) / exact.macs < 0.005
