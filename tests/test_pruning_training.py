@@ -254,3 +254,86 @@ def test_two_process_gloo_training_keeps_gates_and_lambdas_identical(tmp_path, s
         assert torch.equal(r0[k], r1[k]), k
     assert not torch.equal(r0[keys[0]], torch.full_like(r0[keys[0]], 3.0)), "gates did not train"
     assert r0["criterion.lambda_1"].abs().item() > 0
+
+
+# ------------------------------------------------------------------------------------------- distillation
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, small_w2v, noise_data) -> str:
+    """A dense CTC checkpoint of the same model (random output layer): the distillation teacher."""
+    from infer_fixtures import write_ctc_checkpoint
+
+    path = str(tmp_path_factory.mktemp("teacher") / "dense.pt")
+    return write_ctc_checkpoint(path, Wav2Vec2CtcPruningConfig(w2v_path=small_w2v, apply_mask=False), noise_data,
+                                seed=3)
+
+
+def test_distillation_adds_the_frame_kl_to_the_teacher(small_w2v, noise_data, teacher):
+    model, crit, sample = criterion_and_batch(small_w2v, noise_data, budget="macs", target=0.5,
+                                              distill_teacher=teacher, distill_weight=0.5)
+    torch.manual_seed(1)  # the same gate draws here and below
+    loss, sample_size, log = crit(model, sample)
+    # the KL, computed here from the two models' outputs on the same batch (padded frames left out)
+    teacher_model = crit.teacher.model
+    torch.manual_seed(1)
+    student_out = model(**sample["net_input"])
+    with torch.no_grad():
+        t = teacher_model.get_normalized_probs(teacher_model(**sample["net_input"]), log_probs=True)
+    s = torch.log_softmax(student_out["encoder_out"].float(), -1)
+    kl = (t.exp() * (t - s)).sum(-1)
+    assert student_out["padding_mask"] is not None and student_out["padding_mask"].any()  # a padded batch
+    kl = kl.masked_fill(student_out["padding_mask"].t(), 0).sum()
+    assert log["distill_loss"] == pytest.approx(kl.item(), rel=1e-4) and kl.item() > 0
+    assert log["loss"] == pytest.approx(log["ctc_loss"] + 0.5 * kl.item() + log["reg_loss"], rel=1e-4)
+    # the teacher is frozen and not a parameter of the criterion (not trained, not saved with the student)
+    assert all(not p.requires_grad for p in teacher_model.parameters())
+    assert {n for n, _ in crit.named_parameters()} == {"lambda_1", "lambda_2"}
+    assert not any(k.startswith("teacher") for k in crit.state_dict())
+    loss.backward()
+    assert all(p.grad is None for p in teacher_model.parameters())
+    # validation (eval mode) does not distil
+    model.eval()
+    assert "distill_loss" not in crit(model, sample)[2]
+
+
+def test_distillation_towards_itself_is_zero(small_w2v, noise_data, tmp_path):
+    """A student whose weights are the teacher's, gates open and deterministic, has KL 0 to it."""
+    from infer_fixtures import write_ctc_checkpoint
+
+    same = write_ctc_checkpoint(str(tmp_path / "same.pt"), Wav2Vec2CtcPruningConfig(
+        w2v_path=small_w2v, apply_mask=False), noise_data, seed=0)
+    torch.manual_seed(0)
+    model, crit, sample = criterion_and_batch(small_w2v, noise_data, budget="macs", target=0.5,
+                                              distill_teacher=same, distill_weight=1.0)
+    state = torch.load(same, weights_only=False)["model"]
+    model.load_state_dict(state, strict=False)  # the gates keep their (open) initial values
+    for g in model.w2v_model.gates():
+        g.eval()  # deterministic masks, ~1 for open gates
+    with torch.no_grad():
+        for g in model.w2v_model.gates():
+            g.log_alpha.fill_(20.0)  # fully open: the mask is exactly 1
+    log = crit(model, sample)[2]
+    assert log["distill_loss"] == pytest.approx(0.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(distill_weight=0.5), "needs both"),
+    (dict(distill_teacher="x.pt"), "needs both"),
+    (dict(distill_teacher="/nonexistent/teacher.pt", distill_weight=0.5), "/nonexistent/teacher.pt"),
+])
+def test_bad_distillation_configs_are_refused(small_w2v, noise_data, kw, message):
+    with pytest.raises(ValueError, match=message):
+        criterion_and_batch(small_w2v, noise_data, budget="macs", target=0.5, **kw)
+
+
+def test_distillation_in_fairseq_hydra_train(tmp_path, small_w2v, noise_data, teacher):
+    """The recipe options reach the criterion; the teacher does not replace the model the budget is checked on."""
+    out = hydra_train("hj_macs", noise_data, small_w2v, str(tmp_path / "run"), "optimization.max_update=4",
+                      "common.log_interval=1", f"criterion.distill_teacher={teacher}", "criterion.distill_weight=0.3",
+                      "dataset.max_tokens=80000", "dataset.validate_interval_updates=4")
+    records = log_records(out, "train_inner")
+    assert len(records) == 4 and all(float(r["distill_loss"]) > 0 for r in records)
+    saved = torch.load(str(tmp_path / "run" / "checkpoint_last.pt"), weights_only=False)
+    assert saved["cfg"]["criterion"]["distill_teacher"] == teacher
+    assert not any("teacher" in k for k in saved["model"])  # the teacher's weights are not in the student's file

@@ -14,7 +14,7 @@ added multiplied by the sample size: after normalisation it weighs exactly as wr
 """
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 from fairseq import metrics
@@ -26,7 +26,7 @@ from torch import nn
 from ..cost import Cost, cost_breakdown, totals
 from ..errors import ConfigError, one_line_errors
 from ..modules.hard_concrete import LAGRANGIAN_PARAM_GROUP
-from ..modules.wav2vec2 import GATE_GROUPS
+from .distillation import CtcTeacher
 
 BUDGETS = ChoiceEnum(["size", "sep_size", "macs"])
 TRANSFORMER_GROUPS = ("attention_heads", "attention_layers", "ffn_units", "ffn_layers")
@@ -65,6 +65,18 @@ class CtcPruningCriterionConfig(CtcCriterionConfig):
             "from the start: its pull 2 * lambda_2 * (s - t) follows the gap at once and shrinks as the gap does, "
             "so lambda_1 has less to integrate and overshoots less (the proportional term of a PI controller)"
         },
+    )
+    distill_teacher: str = field(
+        default="",
+        metadata={
+            "help": "a fine-tuned dense CTC checkpoint (e.g. the dense recipe's checkpoint_best.pt, same dictionary): "
+            "while training, the pruned model's frame posteriors are also pulled towards its posteriors on the "
+            "same audio (KL divergence); empty: no distillation"
+        },
+    )
+    distill_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of the distillation term: loss = CTC + distill_weight * summed frame KL (>= 0)"},
     )
     budget_tolerance: float = field(
         default=0.01,
@@ -133,6 +145,11 @@ class CtcPruningCriterion(CtcCriterion):
         for p in (self.lambda_1, self.lambda_2):
             p.param_group = LAGRANGIAN_PARAM_GROUP
         self._original: Optional[Dict[str, Cost]] = None
+        if cfg.distill_weight < 0 or (cfg.distill_weight > 0) != bool(cfg.distill_teacher):
+            raise ConfigError(f"criterion.distill_weight={cfg.distill_weight} and criterion.distill_teacher="
+                              f"{cfg.distill_teacher!r}: distillation needs both (a teacher and a weight > 0)")
+        self.distill_weight = cfg.distill_weight
+        self.teacher = CtcTeacher(cfg.distill_teacher, task) if cfg.distill_teacher else None
 
     # ---------------------------------------------------------------------------------------------- budget
     def current_targets(self, num_updates: int) -> List[float]:
@@ -185,8 +202,25 @@ class CtcPruningCriterion(CtcCriterion):
                 )
 
     # --------------------------------------------------------------------------------------------- forward
+    def _ctc(self, model, sample, reduce: bool):
+        """fairseq's CTC loss and, when training with a teacher, the summed frame KL to the teacher from the same
+        student forward pass; returns (ctc, kl or None, sample_size, logging_output)."""
+        if self.teacher is None or not model.training:
+            loss, sample_size, logging_output = super().forward(model, sample, reduce=reduce)
+            return loss, None, sample_size, logging_output
+        outputs = []  # the student's output that fairseq's CTC loss computes from
+        hook = _unwrap(model).register_forward_hook(lambda _module, _args, out: outputs.append(out))
+        try:
+            loss, sample_size, logging_output = super().forward(model, sample, reduce=reduce)
+        finally:
+            hook.remove()
+        kl = self.teacher.kl(sample["net_input"], outputs[-1])
+        logging_output["distill_loss"] = kl.item()
+        return loss, kl, sample_size, logging_output
+
     def forward(self, model, sample, reduce=True, **kwargs):
-        loss, sample_size, logging_output = super().forward(model, sample, reduce=reduce)
+        ctc, kl, sample_size, logging_output = self._ctc(model, sample, reduce)
+        loss = ctc if kl is None else ctc + self.distill_weight * kl
         inner = _unwrap(model)
         if self._original is None:
             self.check_budget(inner)
@@ -197,7 +231,6 @@ class CtcPruningCriterion(CtcCriterion):
         targets = self.current_targets(inner.w2v_encoder.num_updates)
         lam1, lam2 = _Ascend.apply(self.lambda_1), _Ascend.apply(self.lambda_2)
         reg = sum(lam1[i] * (s - t) + lam2[i] * (s - t) ** 2 for i, (s, t) in enumerate(zip(ratios, targets)))
-        ctc = loss
         if model.training:
             loss = loss + reg * sample_size
 
@@ -243,7 +276,7 @@ class CtcPruningCriterion(CtcCriterion):
         n = sum(log.get("_prune_n", 0) for log in logging_outputs)
         if n == 0:
             return
-        for key in ("ctc_loss", "reg_loss"):
+        for key in ("ctc_loss", "reg_loss", "distill_loss"):
             total = sum(log.get(key, 0) for log in logging_outputs)
             metrics.log_scalar(key, total / max(sample_size, 1) / math.log(2), sample_size, round=3)
         keys = sorted({k for log in logging_outputs for k in log})
