@@ -18,7 +18,8 @@ demo: setup
 study: setup
 	$(PY) scripts/study.py
 
-# benchmarks that print numbers: inference speed (exported vs dense, wav2vec2-base size) and training overhead
+# benchmarks that print numbers: inference speed (exported vs dense, wav2vec2-base size, eager PyTorch and
+# onnxruntime) and training overhead
 bench: setup
 	@mkdir -p results
 	$(PY) benchmarks/bench_inference.py --json results/bench_inference.json

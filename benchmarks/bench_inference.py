@@ -6,16 +6,25 @@ code, and times all models on the same input in interleaved rounds (dense, prune
 reporting medians: speed-up = t_dense / t_pruned, MAC ratio = MACs_pruned / MACs_dense, and
 efficiency = speed-up * MAC ratio (1.0: time shrinks exactly like MACs).
 
+With onnxruntime installed, the models named by ``--onnx-models`` (default: the dense model and both patterns at
+0.5) are also written to ONNX by fairseq-prune-onnx's code (logits out, no padding-mask input, checked against
+PyTorch) and timed by onnxruntime in the same interleaved rounds; their rows give the speed-up over the same
+model in eager PyTorch and over the dense model in onnxruntime. ``--int8`` adds onnxruntime's dynamic int8
+quantisation of the same files (MatMul/Gemm weights in int8, activations quantised per call; the CNN stays float;
+not checked for equality: its largest difference to the float model is printed).
+
     python benchmarks/bench_inference.py [--targets 0.7 0.5 0.35] [--batch-sizes 1 8] [--threads 1 2]
 """
 import argparse
 import json
+import logging
 import math
 import os
 import statistics
 import sys
+import tempfile
 import time
-from typing import Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 
@@ -23,6 +32,7 @@ from fairseq_prune.checkpoints import wav2vec2_pretraining_cfg
 from fairseq_prune.cost import REFERENCE_SAMPLES, StructureCounts, cost_breakdown, totals
 from fairseq_prune.export import prune
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning
+from fairseq_prune.onnx_runtime import import_onnxruntime, ort_session
 
 VOCAB = 32
 ALL_GATES = dict(prune_conv_channels=True, prune_attention_heads=True, prune_ffn_units=True, feature_grad_mult=1.0)
@@ -39,6 +49,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=10.0, help="input length")
     p.add_argument("--round-to", type=int, default=8, help="export --round-to (hardware-friendly sizes)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--onnx-models", nargs="*", default=None,
+                   help="models also timed with onnxruntime (default: dense and the 0.5 ones; none: skip; needs "
+                   "pip install -e '.[onnx]')")
+    p.add_argument("--int8", action="store_true", help="also time onnxruntime's dynamic int8 quantisation of them")
     p.add_argument("--json", help="write the results here")
     return p
 
@@ -94,21 +108,22 @@ def set_gates(model: Wav2Vec2CtcPruning, counts: StructureCounts, seed: int) -> 
         apply(layer.ffn_unit_gate, u)
 
 
-def time_models(models: Dict[str, torch.nn.Module], x: torch.Tensor, rounds: int) -> Dict[str, float]:
-    """Median seconds per forward, models interleaved within each round (machine noise hits all alike)."""
-    times = {k: [] for k in models}
+def time_models(runs: Dict[str, Callable[[], Any]], rounds: int) -> Dict[str, float]:
+    """Median seconds per call, calls interleaved within each round (machine noise hits all alike)."""
+    times = {k: [] for k in runs}
     with torch.inference_mode():
-        for m in models.values():  # warm-up
-            m(source=x, padding_mask=None)
+        for run in runs.values():  # warm-up
+            run()
         for _ in range(rounds):
-            for name, m in models.items():
+            for name, run in runs.items():
                 t0 = time.perf_counter()
-                m(source=x, padding_mask=None)
+                run()
                 times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def main(args: argparse.Namespace) -> List[Dict]:
+def build_models(args: argparse.Namespace):
+    """The dense wav2vec2-base CTC model and the exported models, with their costs and shapes."""
     torch.manual_seed(0)
     w2v_args = wav2vec2_pretraining_cfg({})  # fairseq's Wav2Vec2Config defaults: wav2vec2-base
     dense = Wav2Vec2CtcPruning.from_w2v_args(w2v_args, VOCAB).eval()
@@ -129,31 +144,132 @@ def main(args: argparse.Namespace) -> List[Dict]:
                           "conv_channels": list(shape.conv_channels), "heads": list(shape.heads),
                           "ffn_units": list(shape.ffn_units)}
             del gated
+    return models, info
+
+
+def write_onnx_files(models: Dict[str, torch.nn.Module], names: List[str], folder: str, int8: bool) -> Dict[str, str]:
+    """``{label: .onnx path}``: each named model exported and checked as fairseq-prune-onnx does (logits, no
+    padding-mask input), and with ``int8`` its dynamic int8 quantisation (label ``NAME int8``)."""
+    from fairseq_prune.onnx_export import OnnxSpec, check_onnx, export_onnx
+
+    spec = OnnxSpec(log_probs=False, padding_mask_input=False)
+    files = {}
+    for name in names:
+        path = os.path.join(folder, f"{name}.onnx")
+        with open(path, "wb") as f:
+            f.write(export_onnx(models[name], spec, {}))
+        report = check_onnx(path, models[name], spec)
+        print(f"onnx {name}: checked against PyTorch, max |difference| {report.max_abs_diff:.1e}")
+        files[name] = path
+        if int8:
+            files[f"{name} int8"] = quantize_int8(path, os.path.join(folder, f"{name}-int8.onnx"))
+    return files
+
+
+def quantize_int8(path: str, out: str) -> str:
+    """onnxruntime's dynamic int8 quantisation of ``path``'s MatMul/Gemm into ``out``; prints how far its logits
+    move on 2 s of random audio (max abs difference, share of frames whose best unit changes)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs every tensor at INFO, and advice at WARNING
+    try:
+        # MatMul/Gemm only (the Transformer and projections): int8 convolutions (ConvInteger) ran 2x slower than
+        # float ones here, which made the fully quantised dense model slower than the float one
+        quantize_dynamic(path, out, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        root.setLevel(level)
+    feeds = {"source": torch.randn(1, 32000, generator=torch.Generator().manual_seed(0)).numpy()}
+    a, b = (torch.from_numpy(ort_session(p, 0).run(None, feeds)[0]) for p in (path, out))
+    changed = (a.argmax(-1) != b.argmax(-1)).float().mean().item()
+    print(f"onnx {os.path.basename(out)}: max |difference| to float {(a - b).abs().max().item():.2e}, best unit "
+          f"changed in {changed:.1%} of frames")
+    return out
+
+
+def run_setting(models, sessions, x: torch.Tensor, rounds: int) -> Dict[str, float]:
+    """Median seconds of every eager model (``eager NAME``) and onnxruntime session (``ort LABEL``) on ``x``."""
+    feeds = {"source": x.cpu().numpy()}
+    runs: Dict[str, Callable[[], Any]] = {}
+    for name, m in models.items():
+        runs[f"eager {name}"] = lambda m=m: m(source=x, padding_mask=None)
+    for label, session in sessions.items():
+        runs[f"ort {label}"] = lambda s=session: s.run(None, feeds)
+    return time_models(runs, rounds)
+
+
+def print_rows(t: Dict[str, float], info: Dict, bs: int, threads: int) -> List[Dict]:
+    """Rows of one setting: speed-up over eager dense, MAC ratio, efficiency, and for onnxruntime the speed-up
+    over the same model in eager PyTorch and over the dense model in onnxruntime (same quantisation)."""
+    rows = []
+    dense_macs = info["dense"]["macs"]
+    for key, seconds in t.items():
+        backend, label = key.split(" ", 1)
+        name = label.split(" ")[0]
+        ratio = info[name]["macs"] / dense_macs
+        speedup = t["eager dense"] / seconds
+        row = {"model": name, "backend": "onnxruntime" if backend == "ort" else "pytorch", "batch": bs,
+               "threads": threads, "seconds": seconds, "speedup": speedup, "mac_ratio": ratio,
+               "efficiency": speedup * ratio, "int8": label.endswith("int8")}
+        extra = ""
+        if backend == "ort":
+            dense_ort = t.get(f"ort dense{' int8' if row['int8'] else ''}")
+            row["vs_eager_same_model"] = t[f"eager {name}"] / seconds
+            row["vs_onnxruntime_dense"] = dense_ort / seconds if dense_ort else None
+            extra = f"{row['vs_eager_same_model']:>9.2f}x"
+            extra += f"{row['vs_onnxruntime_dense']:>12.2f}x" if dense_ort else ""
+        rows.append(row)
+        print(f"{label:<19}{row['backend']:<12}{bs:>6}{threads:>8}{seconds * 1000:>10.0f}{speedup:>10.2f}"
+              f"{ratio:>11.3f}{speedup * ratio:>11.2f}{extra}")
+    sys.stdout.flush()
+    return rows
+
+
+def onnx_names(args: argparse.Namespace, models: Dict) -> List[str]:
+    if args.onnx_models is None:
+        names = ["dense"] + [n for n in models if n.endswith("-0.5")]
+    else:
+        names = [n for n in args.onnx_models if n != "none"]
+    unknown = [n for n in names if n not in models]
+    if unknown:
+        raise SystemExit(f"--onnx-models: unknown model(s) {unknown}; these exist: {list(models)}")
+    if names:
+        try:
+            import_onnxruntime()
+        except ValueError as e:
+            raise SystemExit(f"--onnx-models: {e} (or pass --onnx-models none)")
+    if names and args.device != "cpu":
+        raise SystemExit("--onnx-models: onnxruntime rows are CPU only; pass --onnx-models none with --device cuda")
+    return names
+
+
+def main(args: argparse.Namespace) -> List[Dict]:
+    models, info = build_models(args)
     for m in models.values():
         m.to(args.device)
+    names = onnx_names(args, models)
+    tmp = tempfile.TemporaryDirectory(prefix="bench-onnx-")
+    files = write_onnx_files(models, names, tmp.name, args.int8) if names else {}
 
     rows = []
     samples = int(args.seconds * 16000)
     print(f"device {args.device}, input {args.seconds:g} s, export --round-to {args.round_to}, "
-          f"{args.rounds} interleaved rounds, medians")
-    print(f"{'model':<14}{'batch':>6}{'threads':>8}{'ms':>10}{'speed-up':>10}{'MAC ratio':>11}{'efficiency':>11}")
-    for bs in args.batch_sizes:
-        for threads in args.threads:
-            torch.set_num_threads(threads)
+          f"{args.rounds} interleaved rounds, medians; onnxruntime: {', '.join(files) or 'none'}")
+    print(f"{'model':<19}{'backend':<12}{'batch':>6}{'threads':>8}{'ms':>10}{'speed-up':>10}{'MAC ratio':>11}"
+          f"{'efficiency':>11}{'vs eager':>10}{'vs ort dense':>13}")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        sessions = {label: ort_session(path, threads) for label, path in files.items()}
+        for bs in args.batch_sizes:
             x = torch.randn(bs, samples, device=args.device)
-            t = time_models(models, x, args.rounds)
-            for name in models:
-                speedup = t["dense"] / t[name]
-                ratio = info[name]["macs"] / dense_macs
-                row = {"model": name, "batch": bs, "threads": threads, "seconds": t[name], "speedup": speedup,
-                       "mac_ratio": ratio, "efficiency": speedup * ratio}
-                rows.append(row)
-                print(f"{name:<14}{bs:>6}{threads:>8}{t[name] * 1000:>10.0f}{speedup:>10.2f}{ratio:>11.3f}"
-                      f"{speedup * ratio:>11.2f}")
-            sys.stdout.flush()
+            rows += print_rows(run_setting(models, sessions, x, args.rounds), info, bs, threads)
+        del sessions
+    tmp.cleanup()
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "models": info, "torch": torch.__version__, "device": args.device}, f, indent=1)
+            json.dump({"rows": rows, "models": info, "torch": torch.__version__, "device": args.device,
+                       "onnxruntime": import_onnxruntime().__version__ if files else None}, f, indent=1)
     return rows
 
 
