@@ -7,17 +7,19 @@ multiple with a helper that calls ``float.is_integer`` on a traced size, and wri
 with in-place indexing. :class:`TraceableCtc` computes the same thing with ops whose shapes follow the input:
 
 * the frame padding mask is fairseq's (``_get_feat_extract_output_lengths`` on the unpadded lengths, in float32
-  as fairseq does, then "every frame after index ``length - 1``", that index taken modulo the frame count as
-  fairseq's negative indexing does), computed for every batch; an all-False input mask gives no padded frame,
-  which is what fairseq's ``padding_mask=None`` branch computes;
+  as fairseq does, or HuBERT's rule for a model of the ``hubert`` family; then "every frame after index
+  ``length - 1``", that index taken modulo the frame count as fairseq's negative indexing does), computed for
+  every batch; an all-False input mask gives no padded frame, which is what fairseq's ``padding_mask=None`` branch
+  computes;
 * the Transformer's padding to ``required_seq_len_multiple`` is left out: the frame it adds is a masked key for
   every query and is cut off afterwards, and no other op mixes positions, so it changes no output;
 * self-attention is written out (``softmax(q kᵀ / √d + mask) v``, ``-inf`` at padded keys), for fairseq's
   ``MultiheadAttention`` and for our :class:`~fairseq_prune.modules.attention.PrunableSelfAttention` alike (same
   parameter names); a layer without heads or FFN units adds its output bias only.
 
-Everything else (the CNN, LayerNorms, positional convolution, projections) is the model's own modules, called as
-they are. :class:`TraceableCtc` is used only for export: it holds the model's modules, adds no parameters and
+Everything else (the CNN's blocks, LayerNorms, positional convolution, projections) is the model's own modules,
+called as they are (the CNN as fairseq's ``ConvFeatureExtractionModel.forward`` calls its blocks: our gated
+extractor's forward takes sizes from the input for its LayerNorms, which the exporter cannot keep dynamic). :class:`TraceableCtc` is used only for export: it holds the model's modules, adds no parameters and
 changes nothing in the model.
 """
 import io
@@ -44,23 +46,31 @@ class OnnxExportError(ValueError):
     """A model that cannot be exported, or an ONNX model that does not reproduce PyTorch's outputs."""
 
 
-def frame_padding(padding_mask: torch.Tensor, frames: torch.Tensor, convs: Sequence[Tuple[int, int]]) -> torch.Tensor:
+def frame_padding(padding_mask: torch.Tensor, frames: torch.Tensor, convs: Sequence[Tuple[int, int]],
+                  hubert: bool = False) -> torch.Tensor:
     """fairseq's frame padding mask, traceably (no Python number is taken from a traced size).
 
     Args:
         padding_mask: ``(B, S)`` bool, True at padded audio samples.
         frames: ``(B, T, ...)``, any tensor with the CNN's frames on dim 1 (only its shape is used).
         convs: ``(kernel, stride)`` per conv layer.
+        hubert: HuBERT's rule for the unpadded frames (``ceil(n / (S // T))``, at most ``T``; see
+            :func:`fairseq_prune.hubert.hubert_frame_lengths`) instead of wav2vec2's conv formula.
     Returns:
         ``(B, T)`` bool, True at padded frames.
     """
     lengths = (1 - padding_mask.long()).sum(-1)
-    out = lengths
-    for kernel, stride in convs:  # fairseq's _conv_out_length: true division, i.e. float32
-        out = torch.floor((out - kernel) / stride + 1)
     index = torch.ones_like(frames[:, :, 0], dtype=torch.long).cumsum(-1) - 1  # (B, T): 0 .. T-1
+    num_frames = index[:, -1] + 1  # (B,): T
+    if hubert:
+        chunk = torch.div(torch.ones_like(padding_mask, dtype=torch.long).sum(-1), num_frames, rounding_mode="floor")
+        out = torch.minimum(torch.div(lengths + chunk - 1, chunk, rounding_mode="floor"), num_frames)
+    else:
+        out = lengths
+        for kernel, stride in convs:  # fairseq's _conv_out_length: true division, i.e. float32
+            out = torch.floor((out - kernel) / stride + 1)
     # fairseq marks frame output_lengths - 1 (a negative index counts from the end) and pads what follows it
-    last = torch.remainder(out.long() - 1, index[:, -1] + 1)
+    last = torch.remainder(out.long() - 1, num_frames)
     return index > last.unsqueeze(1)
 
 
@@ -141,6 +151,7 @@ class TraceableCtc(nn.Module):
         self.blank_weight = float(getattr(model, "blank_weight", 0.0))
         self.blank_mode = str(getattr(model, "blank_mode", "add"))
         self.convs = [(int(b[0].kernel_size[0]), int(b[0].stride[0])) for b in self.w2v.feature_extractor.conv_layers]
+        self.hubert = getattr(self.w2v, "family", "wav2vec2") == "hubert"  # a HuBERT checkpoint as w2v_path
         pad_row = torch.full((self.proj.out_features,), float("-inf"))
         pad_row[0] = 0.0  # what fairseq's get_logits writes into padded frames
         self.register_buffer("pad_row", pad_row, persistent=False)
@@ -149,10 +160,13 @@ class TraceableCtc(nn.Module):
                padding_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``(B, T, C)`` encoder output and ``(B, T)`` frame padding (``None`` without a padding-mask input)."""
         w2v = self.w2v
-        features = w2v.layer_norm(w2v.feature_extractor(source).transpose(1, 2))  # (B, T, C_L)
+        features = source.unsqueeze(1)  # (B, 1, S)
+        for block in w2v.feature_extractor.conv_layers:  # fairseq's CNN forward, without our gates (there are none)
+            features = block(features)
+        features = w2v.layer_norm(features.transpose(1, 2))  # (B, T, C_L)
         frames_pad = None
         if padding_mask is not None:
-            frames_pad = frame_padding(padding_mask, features, self.convs)
+            frames_pad = frame_padding(padding_mask, features, self.convs, self.hubert)
         if w2v.post_extract_proj is not None:
             features = w2v.post_extract_proj(features)
         enc = w2v.encoder

@@ -20,7 +20,7 @@ from fairseq_prune.cli import onnx as onnx_cli  # noqa: E402
 from fairseq_prune.decoding import greedy_units  # noqa: E402
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning  # noqa: E402
 from fairseq_prune.onnx_export import (  # noqa: E402
-    OnnxSpec, TraceableCtc, export_onnx, random_padded_batch, reference_emissions,
+    OnnxSpec, TraceableCtc, check_onnx, export_onnx, random_padded_batch, reference_emissions,
 )
 from fairseq_prune.onnx_runtime import OnnxCtcModel  # noqa: E402
 from helpers import SMALL_W2V  # noqa: E402
@@ -47,12 +47,30 @@ def layer_norm_variant() -> Wav2Vec2CtcPruning:
     return model.eval()
 
 
-@pytest.mark.parametrize("which", ["exported", "plain_ctc", "layer_norm"])
+def hubert_variant() -> Wav2Vec2CtcPruning:
+    """A model of the ``hubert`` family (what a HuBERT checkpoint as model.w2v_path gives): HuBERT's frame padding
+    rule; uneven per-layer sizes."""
+    from omegaconf import open_dict
+
+    w2v_args = wav2vec2_pretraining_cfg(SMALL_W2V)
+    with open_dict(w2v_args):
+        w2v_args.model._name = "hubert"
+    torch.manual_seed(3)
+    model = Wav2Vec2CtcPruning.from_w2v_args(w2v_args, 30, attention_heads=[1, 3], ffn_units=[64, 8]).eval()
+    assert model.w2v_model.family == "hubert"
+    return model
+
+
+VARIANTS = {"layer_norm": layer_norm_variant, "hubert": hubert_variant}
+
+
+@pytest.mark.parametrize("which", ["exported", "plain_ctc", "layer_norm", "hubert"])
 @pytest.mark.parametrize("log_probs", [True, False])
 def test_traceable_forward_equals_fairseq(which, log_probs, request, corpus):
     """TraceableCtc (what is exported) computes fairseq's get_logits(model(...)) on padded and unpadded batches,
-    frame lengths included, for our compact model, fairseq's own wav2vec_ctc, and a layer_norm/pre-LN model."""
-    model = layer_norm_variant() if which == "layer_norm" else load(request.getfixturevalue(which), corpus)
+    frame lengths included, for our compact model, fairseq's own wav2vec_ctc, a layer_norm/pre-LN model and a
+    model of the hubert family."""
+    model = VARIANTS[which]() if which in VARIANTS else load(request.getfixturevalue(which), corpus)
     traceable = TraceableCtc(model, log_probs).eval()
     for i, lengths in enumerate(BATCHES):
         source, padding_mask = random_padded_batch(lengths, i)
@@ -110,6 +128,17 @@ def test_exported_model_to_onnx(tmp_path, exported, corpus):
     assert meta.intents == INTENTS and meta.model == "wav2vec2_ctc_pruning" and meta.log_probs
     assert meta.post_process == "letter" and meta.labels == "ltr" and meta.blank_index == 0
     assert meta.fairseq_task["_name"] == "audio_pruning" and meta.padding_mask_input
+
+
+@pytest.mark.parametrize("which", sorted(VARIANTS))
+def test_variants_to_onnx(which, tmp_path):
+    """The layer_norm/pre-LN and hubert-family models pass the ONNX check (padded batch included)."""
+    model = VARIANTS[which]()
+    path = str(tmp_path / "m.onnx")
+    with open(path, "wb") as f:
+        f.write(export_onnx(model, OnnxSpec(), {}))
+    report = check_onnx(path, model, OnnxSpec())
+    assert report.max_abs_diff <= 1e-4 and (20000, 13001, 6001) in report.batches
 
 
 def test_plain_wav2vec_ctc_logits_without_padding_mask(tmp_path, plain_ctc, corpus):
@@ -207,7 +236,6 @@ def test_base_size_pruned_model(tmp_path):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
     import bench_inference as bench
     from fairseq_prune.export import prune
-    from fairseq_prune.onnx_export import check_onnx
     from fairseq_prune.onnx_metadata import OnnxMetadata
     from helpers import LETTERS
 
