@@ -1,23 +1,32 @@
-"""`make demo`: a mini HJ-Pruning study, end to end, on 2 CPU cores.
+"""`make demo`: HJ-Pruning in miniature, end to end, on 2 CPU cores, with one of two protocols.
 
-1. synthesise the mini LibriSpeech and mini SLURP corpora with espeak-ng and write their manifests with
-   manifests/librispeech.py and manifests/slurp.py (the code a user runs on the real corpora);
-2. start from the shipped mini wav2vec2 (assets/start_model, made by scripts/make_start_model.py);
-3. fine-tune on each corpus with fairseq-hydra-train --user-dir fairseq_prune: the dense baseline
-   (examples/mini/dense.yaml), then prune that dense model with HJ-Pruning-MAC at 50% of the MACs
-   (examples/mini/hj_macs.yaml, model.w2v_path = the dense checkpoint_best.pt);
-4. export the pruned models with fairseq-prune-export, then fine-tune each exported (compact) model a little
-   longer without gates (the dense recipe, model.w2v_path = the exported model: updates at the compact model's
-   cost); decode every test subset with fairseq-prune-infer, before and after that fine-tuning;
-5. measure the CPU latency of each exported model against its dense baseline (10 s input, batch 1);
-6. print one table and write it to results/demo.json and results/demo.md, with the pruned architectures
-   (results/arch-*.png) and WER / intent accuracy vs GMACs (results/accuracy_vs_gmacs.png).
+--protocol finetuned (the default; the user who has a fine-tuned model that is too slow): start from the shipped
+mini wav2vec2 already fine-tuned with CTC (assets/start_model); fine-tune the dense baseline on each corpus, prune
+*that* model with HJ-Pruning-MAC, export it, fine-tune the exported model a little longer without gates.
 
-    python scripts/demo.py [--updates 800] [--finetune-updates 600] [--target 0.5]
+--protocol paper (the paper's): start from the shipped *self-supervised* mini wav2vec2 (assets/pretrained, made by
+scripts/make_pretrained_model.py with fairseq's own audio_pretraining task, wav2vec2 model and wav2vec criterion on
+an unlabeled corpus); on each corpus and for each seed, fine-tune the dense baseline and, from the same pre-trained
+model for the same number of updates, prune while fine-tuning with HJ-Pruning-MAC. Far longer than 20 minutes on
+2 CPU cores at the updates it needs (see README, "The paper's protocol").
+
+Either way: synthesise the mini LibriSpeech and mini SLURP corpora with espeak-ng and write their manifests with
+manifests/librispeech.py and manifests/slurp.py (the code a user runs on the real corpora); train with
+fairseq-hydra-train --user-dir fairseq_prune (examples/mini recipes), runs side by side; export with
+fairseq-prune-export, decode the test subsets with fairseq-prune-infer; time each exported model against its
+dense baseline (10 s input, batch 1); print one table (the mean over the seeds and each seed's value) and write
+results/demo.json, results/demo.md, results/arch-*.png and results/accuracy_vs_gmacs.png.
+
+Every preset value can be overridden (--start, --prune-from, --updates, --lr, --target, --finetune-updates,
+--seeds). --distill W: each pruning run also distils from its seed's dense baseline. --random-init: dense rows
+fine-tuned from a randomly initialised model of the start model's shape (what pre-training is worth).
+
+    python scripts/demo.py [--protocol finetuned|paper] [--seeds 1 2] [--updates N] [--distill 0.5]
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,107 +34,207 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mini import (  # noqa: E402
-    REPO, START_MODEL, SUBSETS, add_pruning_args, log, prepare_corpora, pruning_overrides, pyplot, row_cells,
-    run_method, speedups, use_start_dictionary
+    PRETRAINED_MODEL, REPO, START_MODEL, SUBSETS, add_pruning_args, log, match_start_dictionary, prepare_corpora,
+    pruning_overrides, pyplot, random_init_model, run_method, speedups
 )
+
+#: the two protocols' settings; a flag given on the command line wins
+PROTOCOLS = {
+    "finetuned": dict(start=START_MODEL, prune_from="dense", updates=800, lr=0.0003, target=0.5,
+                      finetune_updates=600, seeds=[1]),
+    "paper": dict(start=PRETRAINED_MODEL, prune_from="pretrained", updates=1500, lr=0.0005, target=0.55,
+                  finetune_updates=0, seeds=[1, 2]),
+}
+
+PRUNED = "HJ-Pruning-MAC"
+TUNED = "HJ-Pruning-MAC + fine-tuning"
+RANDOM = "dense from random init"
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=os.path.join(REPO, "work", "demo"))
     p.add_argument("--results", default=os.path.join(REPO, "results"))
-    p.add_argument("--updates", type=int, default=800, help="fine-tuning updates per run")
+    p.add_argument("--corpora-work", default=None, help="where the synthetic corpora live (default: --work)")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="finetuned",
+                   help="finetuned: prune a fine-tuned dense model; paper: prune while fine-tuning from the "
+                        "self-supervised model (see the module docstring)")
+    p.add_argument("--start", help="the model every run starts from (default: the protocol's)")
+    p.add_argument("--updates", type=int, help="fine-tuning updates per run, dense and pruning (finetuned 800, "
+                                               "paper 1500)")
+    p.add_argument("--seeds", type=int, nargs="+", help="one run of every row per seed (finetuned: 1; paper: 1 2)")
     p.add_argument("--validations", type=int, default=2,
                    help="validations (and saved checkpoints) per run; checkpoint_best is the best within the budget")
-    p.add_argument("--finetune-updates", type=int, default=600,
-                   help="updates of fine-tuning the exported model without gates (0: none)")
-    p.add_argument("--finetune-validations", type=int, default=2, help="validations of that fine-tuning run")
+    p.add_argument("--prune-from", choices=("pretrained", "dense"),
+                   help="pretrained: prune while fine-tuning from --start (paper); dense: prune each seed's "
+                        "fine-tuned dense baseline (finetuned)")
+    p.add_argument("--finetune-updates", type=int,
+                   help="updates of fine-tuning the exported model without gates, reported in rows of their own "
+                        "(0: none; finetuned 600, paper 0)")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="distillation weight: each pruning run also learns from its seed's dense baseline "
+                        "(criterion.distill_teacher / distill_weight; the pruning runs then start after the dense "
+                        "ones); 0: none")
+    p.add_argument("--random-init", action="store_true",
+                   help="add dense rows fine-tuned from a randomly initialised model of the same shape")
     add_pruning_args(p)
-    p.add_argument("--target", type=float, default=0.5, help="HJ-Pruning-MAC target (share of the MACs)")
-    p.add_argument("--lr", type=float, default=0.0003, help="peak learning rate of the model's weights")
+    p.add_argument("--target", type=float, help="HJ-Pruning-MAC target, a share of the MACs (finetuned 0.5, "
+                                                "paper 0.55)")
+    p.add_argument("--lr", type=float, help="peak learning rate of the model's weights (finetuned 3e-4, paper 5e-4)")
     p.add_argument("--max-tokens", type=int, default=160000, help="audio samples per batch")
-    p.add_argument("--no-parallel", dest="parallel", action="store_false",
-                   help="train the corpora one after the other (default: side by side, one thread each)")
+    p.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each (1: one at a time)")
     p.add_argument("--corpora", nargs="+", default=["librispeech", "slurp"], choices=sorted(SUBSETS))
     return p
 
 
-def table(rows: List[Dict]) -> str:
-    head = "| corpus | method | params (M) | GMACs (10 s) | WER (test) | intent acc. (test) | CPU speed-up |"
-    lines = [head, "|" + "---|" * 7]
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the options not given on the command line from the protocol's settings."""
+    for key, value in PROTOCOLS[args.protocol].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def runs(args, manifests: Dict[str, str], threads: int) -> List[Dict]:
+    """Every run of the demo, as many side by side as ``--jobs`` allows: first those that start from the
+    pre-trained model alone (dense, the random-init rows, HJ-Pruning-MAC unless it needs its dense baseline), then
+    the pruning runs that do (--prune-from dense, --distill), then fine-tuning the exported models."""
+    def run(job) -> Dict:
+        corpus, seed, method, label, updates, start, extra = job
+        return run_method(corpus, method, label, manifests[corpus], args.work, args.results, updates, args.lr,
+                          f"dataset.max_tokens={args.max_tokens}", *extra, start=start, threads=threads,
+                          validations=args.validations, seed=seed)
+
+    def prune(corpus: str, seed: int, dense: str = None) -> tuple:
+        extra = [f"criterion.target={args.target}", *pruning_overrides(args)]
+        if args.distill:
+            extra += [f"criterion.distill_teacher={dense}", f"criterion.distill_weight={args.distill}"]
+        start = dense if args.prune_from == "dense" else args.start
+        return corpus, seed, "hj_macs", PRUNED, args.updates, start, extra
+
+    needs_dense = args.prune_from == "dense" or args.distill > 0
+    first = []
+    for seed in args.seeds:
+        for corpus in args.corpora:
+            first.append((corpus, seed, "dense", "dense", args.updates, args.start, []))
+            if not needs_dense:
+                first.append(prune(corpus, seed))
+            if args.random_init:
+                first.append((corpus, seed, "dense", RANDOM, args.updates, random_init_model(args.start, args.work),
+                              []))
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(run, first))
+        dense = [r for r in rows if r["method"] == "dense"]
+        if needs_dense:
+            rows += pool.map(run, [prune(r["corpus"], r["seed"], r["checkpoint"]) for r in dense])
+        if args.finetune_updates:  # the compact model without gates: cheaper updates, may recover accuracy
+            pruned = {(r["corpus"], r["seed"]): r["checkpoint"] for r in rows if r["method"] == PRUNED}
+            rows += pool.map(run, [(r["corpus"], r["seed"], "dense", TUNED, args.finetune_updates,
+                                    pruned[(r["corpus"], r["seed"])], []) for r in dense])
+    return rows
+
+
+def summarise(rows: List[Dict]) -> List[Dict]:
+    """One row per corpus and method: the mean over the seeds of every score, with each seed's value."""
+    out: Dict[tuple, Dict] = {}
     for r in rows:
-        speed = f"{r['speedup']:.2f}×" if "speedup" in r else "1.00× (reference)"
-        lines.append(f"| {r['corpus']} | {r['method']} | {row_cells(r)} | {speed} |")
+        out.setdefault((r["corpus"], r["method"]), {"corpus": r["corpus"], "method": r["method"], "runs": []})
+        out[(r["corpus"], r["method"])]["runs"].append(r)
+    for s in out.values():
+        for key in ("params", "macs", "wer", "transcript_wer", "intent_accuracy", "speedup", "macs_ratio"):
+            values = [r[key] for r in s["runs"] if r.get(key) is not None]
+            if values:
+                s[key] = statistics.mean(values)
+                s[key + "_per_seed"] = values
+        s["seeds"] = [r["seed"] for r in s["runs"]]
+        s["runs"] = [os.path.relpath(r["checkpoint"], REPO) for r in s["runs"]]
+    return list(out.values())
+
+
+def _cell(s: Dict, key: str, fmt: str = "{:.1f}") -> str:
+    if s.get(key) is None:
+        return "–"
+    seeds = " / ".join(fmt.format(v) for v in s[key + "_per_seed"])
+    return fmt.format(s[key]) + (f" ({seeds})" if len(s[key + "_per_seed"]) > 1 else "")
+
+
+def table(summary: List[Dict]) -> str:
+    head = ("| corpus | method | params (M) | GMACs (10 s) | MACs vs dense | WER (test) | intent acc. (test) "
+            "| CPU speed-up |")
+    lines = [head, "|" + "---|" * 8]
+    for s in summary:
+        wer = "transcript_wer" if s.get("transcript_wer") is not None else "wer"
+        speed = _cell(s, "speedup", "{:.2f}×") if s.get("speedup") else "1.00× (reference)"
+        lines.append(f"| {s['corpus']} | {s['method']} | {s['params'] / 1e6:.2f} | {s['macs'] / 1e9:.2f} | "
+                     f"{s['macs_ratio']:.2f} | {_cell(s, wer)} | {_cell(s, 'intent_accuracy')} | {speed} |")
     return "\n".join(lines)
 
 
-def plot(rows: List[Dict], path: str) -> None:
+def plot(summary: List[Dict], path: str) -> None:
     plt = pyplot()
-
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, corpus, key, label in ((axes[0], "librispeech", "wer", "WER (%), mini LibriSpeech test"),
                                    (axes[1], "slurp", "intent_accuracy", "intent accuracy (%), mini SLURP test")):
-        for r in rows:
-            if r["corpus"] == corpus and r.get(key) is not None:
-                marker = "o" if r["method"] == "dense" else "s"
-                ax.scatter(r["macs"] / 1e9, r[key], s=60, marker=marker, label=r["method"])
-                ax.annotate(r["method"], (r["macs"] / 1e9, r[key]), textcoords="offset points", xytext=(6, 4))
-        ax.set_xlabel("GMACs for 10 s of audio")
+        for s in summary:
+            if s["corpus"] == corpus and s.get(key) is not None:
+                x = s["macs"] / 1e9
+                points = ax.scatter([x] * len(s[key + "_per_seed"]), s[key + "_per_seed"], s=18, alpha=0.5)
+                ax.scatter([x], [s[key]], s=70, marker="o" if s["method"] == "dense" else "s",
+                           color=points.get_facecolor()[0], label=s["method"])
+                ax.annotate(s["method"], (x, s[key]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.set_xlabel("GMACs for 10 s of audio (large marker: mean over seeds)")
         ax.set_ylabel(label)
-        ax.margins(x=0.25, y=0.12)  # room for the labels
+        ax.margins(x=0.25, y=0.12)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def time_against_dense(rows: List[Dict], manifests: Dict[str, str]) -> None:
+    """Speed-up and MAC ratio of every row against the dense baseline of its corpus and seed."""
+    for r in rows:
+        dense = next(d for d in rows if d["corpus"] == r["corpus"] and d["seed"] == r["seed"]
+                     and d["method"] == "dense")
+        r["macs_ratio"] = r["macs"] / dense["macs"]
+    for corpus in sorted({r["corpus"] for r in rows}):
+        for seed in sorted({r["seed"] for r in rows}):
+            group = [r for r in rows if r["corpus"] == corpus and r["seed"] == seed]
+            dense, pruned = group[0], [r for r in group if r["macs_ratio"] < 0.999]
+            if pruned:
+                log(f"timing the exported {corpus} models of seed {seed} against the dense one (10 s, batch 1)")
+                for row, timing in zip(pruned, speedups(dense["checkpoint"], [r["checkpoint"] for r in pruned],
+                                                        manifests[corpus])):
+                    row.update(timing)
+
+
 def main(args: argparse.Namespace) -> List[Dict]:
     t0 = time.time()
+    args = resolve(args)
     os.makedirs(args.results, exist_ok=True)
-    if not os.path.exists(START_MODEL):
-        raise SystemExit(f"{START_MODEL} is missing: regenerate it with python scripts/make_start_model.py")
-    manifests = prepare_corpora(args.work)
-    threads = 1 if args.parallel and len(args.corpora) > 1 else 0
-
-    def corpus_runs(corpus: str) -> List[Dict]:
-        use_start_dictionary(manifests[corpus])
-        common = [f"dataset.max_tokens={args.max_tokens}"]
-        dense = run_method(corpus, "dense", "dense", manifests[corpus], args.work, args.results, args.updates,
-                           args.lr, *common, threads=threads, validations=args.validations)
-        # prune the dense baseline itself: the user's case, a fine-tuned model that is too slow
-        pruned = run_method(corpus, "hj_macs", "HJ-Pruning-MAC", manifests[corpus], args.work, args.results,
-                            args.updates, args.lr, *common, f"criterion.target={args.target}",
-                            *pruning_overrides(args), threads=threads,
-                            validations=args.validations, start=dense["checkpoint"])
-        if not args.finetune_updates:
-            return [dense, pruned]
-        # continue training the exported (compact) model without gates: cheaper updates, recovers accuracy
-        tuned = run_method(corpus, "dense", "HJ-Pruning-MAC + fine-tuning", manifests[corpus], args.work,
-                           args.results, args.finetune_updates, args.lr, *common, threads=threads,
-                           validations=args.finetune_validations, start=pruned["checkpoint"])
-        return [dense, pruned, tuned]
-
-    if threads:
-        log(f"training the {len(args.corpora)} corpora side by side, one thread each")
-    with ThreadPoolExecutor(max_workers=len(args.corpora) if threads else 1) as pool:
-        per_corpus = list(pool.map(corpus_runs, args.corpora))
-    rows = []
-    for corpus, (dense, *pruned) in zip(args.corpora, per_corpus):
-        log(f"timing the exported {corpus} model(s) against the dense baseline (10 s input, batch 1, 1 thread)")
-        for row, timing in zip(pruned, speedups(dense["checkpoint"], [r["checkpoint"] for r in pruned],
-                                                manifests[corpus])):
-            row.update(timing)
-        rows += [dense, *pruned]
-    md = table(rows)
+    if not os.path.exists(args.start):
+        raise SystemExit(f"{args.start} is missing: make it with python scripts/make_pretrained_model.py "
+                         "(assets/pretrained) or scripts/make_start_model.py (assets/start_model)")
+    manifests = prepare_corpora(args.corpora_work or args.work)
+    match_start_dictionary(manifests, args.start)
+    threads = 1 if args.jobs > 1 else 0
+    log(f"seeds {args.seeds}, corpora {args.corpora}: {args.jobs} runs at a time"
+        + (", one thread each" if threads else ""))
+    rows = runs(args, manifests, threads)
+    time_against_dense(rows, manifests)
+    summary = summarise(rows)
+    md = table(summary)
     minutes = round((time.time() - t0) / 60, 1)
     print("\n" + md + f"\n\n(total {minutes} min)")
     with open(os.path.join(args.results, "demo.json"), "w") as f:
-        json.dump({"rows": rows, "minutes": minutes, "args": vars(args)}, f, indent=1)
+        json.dump({"summary": summary, "rows": rows, "minutes": minutes, "args": vars(args)}, f, indent=1)
     with open(os.path.join(args.results, "demo.md"), "w") as f:
-        f.write(md + f"\n\nWER: word error rate of the transcript (the intent token of SLURP labels not counted); "
-                f"speed-up: median CPU latency of the dense model / the exported model, 10 s input, batch 1, "
-                f"1 thread. Made by `make demo` in {minutes} min.\n")
-    plot(rows, os.path.join(args.results, "accuracy_vs_gmacs.png"))
+        f.write(md + f"\n\nMean over seeds {args.seeds} (each seed's value in brackets). WER: word error rate of "
+                f"the transcript (the intent token of SLURP labels not counted); speed-up: median CPU latency of the "
+                f"dense model / the exported model, 10 s input, batch 1, 1 thread. Made by `make demo` in {minutes} "
+                f"min (protocol {args.protocol}: {args.updates} updates per run, pruning from the "
+                f"{args.prune_from} model).\n")
+    plot(summary, os.path.join(args.results, "accuracy_vs_gmacs.png"))
     log(f"done in {minutes} min: results/demo.md, results/demo.json, results/arch-*.png, "
         "results/accuracy_vs_gmacs.png")
     return rows

@@ -33,6 +33,8 @@ SUBSETS = {
 
 START_MODEL = os.path.join(REPO, "assets", "start_model", "wav2vec_ctc_mini.pt")
 START_DICT = os.path.join(REPO, "assets", "start_model", "dict.ltr.txt")
+#: the self-supervised mini wav2vec2 (scripts/make_pretrained_model.py): the paper's start point
+PRETRAINED_MODEL = os.path.join(REPO, "assets", "pretrained", "wav2vec2_mini.pt")
 
 
 def pyplot():
@@ -70,6 +72,7 @@ def run(cmd: List[str], log_file: str = None, env: Dict[str, str] = None) -> str
 def prepare_corpora(work: str, seed: int = 1) -> Dict[str, str]:
     """Synthesise the mini LibriSpeech and mini SLURP corpora (unless already there for this seed) and write
     their manifests with manifests/librispeech.py and manifests/slurp.py. Returns the manifest folders."""
+    work = os.path.abspath(work)  # fairseq-hydra-train runs in its hydra folder: the manifests need absolute paths
     corpora = os.path.join(work, "corpora")
     out = {}
     for layout, root_name in (("librispeech", "LibriSpeech"), ("slurp", "slurp")):
@@ -85,7 +88,7 @@ def prepare_corpora(work: str, seed: int = 1) -> Dict[str, str]:
         dest = os.path.join(work, "manifests", layout)
         subsets = SUBSETS[layout]
         # written afresh on every call: --overwrite replaces the manifests (and the start model's dictionary that
-        # use_start_dictionary copied there) of an earlier call
+        # match_start_dictionary copied there) of an earlier call
         if layout == "librispeech":
             cmd = [PY, "manifests/librispeech.py", root, subsets["train"], subsets["valid"], subsets["test"],
                    "--dest", dest, "--overwrite"]
@@ -99,9 +102,9 @@ def prepare_corpora(work: str, seed: int = 1) -> Dict[str, str]:
 
 def train(corpus: str, method: str, manifest: str, save_dir: str, updates: int, *overrides: str,
           threads: int = 0, start: str = START_MODEL) -> str:
-    """Fine-tune ``start`` (model.w2v_path: the shipped start model, a dense model fine-tuned from it, or an
-    exported model for a recipe without gates) on one corpus with a mini recipe; streams a progress line per log interval. ``threads``: torch threads of the
-    training process (0: torch's default)."""
+    """Fine-tune ``start`` (model.w2v_path: a shipped start model, a dense model fine-tuned from one, or an
+    exported model for a recipe without gates) on one corpus with a mini recipe; streams a progress line per log
+    interval. ``threads``: torch threads of the training process (0: torch's default)."""
     import subprocess as sp
 
     save_dir = os.path.abspath(save_dir)  # fairseq-hydra-train runs in its hydra folder: no relative paths
@@ -186,7 +189,8 @@ def speedups(dense_ckpt: str, pruned_ckpts: List[str], manifest: str, threads: i
     torch.set_num_threads(threads)
     models = {"dense": load_for_timing(dense_ckpt, manifest)}
     models.update({i: load_for_timing(ckpt, manifest) for i, ckpt in enumerate(pruned_ckpts)})
-    t = time_models(models, torch.randn(1, 160000), rounds)
+    audio = torch.randn(1, 160000)
+    t = time_models({k: (lambda m=m: m(source=audio, padding_mask=None)) for k, m in models.items()}, rounds)
     return [{"dense_s": t["dense"], "pruned_s": t[i], "speedup": t["dense"] / t[i], "threads": threads}
             for i in range(len(pruned_ckpts))]
 
@@ -224,24 +228,48 @@ def pruning_overrides(args) -> List[str]:
     return out
 
 
-def use_start_dictionary(manifest: str) -> None:
-    """Continue from the start model with the dictionary it was fine-tuned with (its output layer's units)."""
+def random_init_model(start: str, work: str, seed: int = 1) -> str:
+    """A randomly initialised wav2vec2 pre-training checkpoint of ``start``'s shape (fairseq's own classes and
+    initialisation), written once under ``work``: the baseline that shows what pre-training is worth."""
+    from omegaconf import OmegaConf
+
+    from fairseq_prune.checkpoints import read_checkpoint, write_wav2vec2_checkpoint
+
+    path = os.path.join(work, f"random_init-seed{seed}.pt")
+    if not os.path.exists(path):
+        cfg = read_checkpoint(start)["cfg"]
+        model = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "_name"}
+        write_wav2vec2_checkpoint(path, model, normalize=bool(cfg.task.normalize), seed=seed)
+    return path
+
+
+def match_start_dictionary(manifests: Dict[str, str], start: str) -> None:
+    """Continuing from the fine-tuned start model (assets/start_model) needs the dictionary it was fine-tuned with
+    (its output layer's units) in every manifest; a pre-trained start builds its output layer from the manifest's
+    own dictionary, which prepare_corpora wrote."""
     import shutil
 
-    shutil.copy(START_DICT, os.path.join(manifest, "dict.ltr.txt"))
+    if os.path.abspath(start) == START_MODEL:
+        for manifest in manifests.values():
+            shutil.copy(START_DICT, os.path.join(manifest, "dict.ltr.txt"))
 
 
 def run_method(corpus: str, method: str, label: str, manifest: str, work: str, results: str, updates: int,
-               lr: float, *overrides: str, threads: int = 0, validations: int = 2, start: str = START_MODEL) -> dict:
+               lr: float, *overrides: str, threads: int = 0, validations: int = 2, start: str = START_MODEL,
+               seed: int = None) -> dict:
     """Train one recipe on one corpus from ``start``, export it if it has gates, decode the test subset. Returns
     a result row (params, MACs at 10 s, WER, transcript WER and intent accuracy, training minutes, model path).
 
     ``lr``: peak learning rate of the model's weights (the start model is already fine-tuned: continuing needs
     a smaller one than training from a pre-trained model). ``validations``: how many times the run validates
-    and saves a checkpoint (evenly spaced; the recipe's best-checkpoint metric picks among them)."""
+    and saves a checkpoint (evenly spaced; the recipe's best-checkpoint metric picks among them). ``seed``:
+    ``common.seed`` of the run (None: the recipe's), also part of the run's name."""
     import time
 
-    name = f"{corpus}-{label}".replace(" ", "_").replace("/", "-")  # a file name (labels hold "0.3/0.5")
+    name = f"{corpus}-{label}" + (f"-seed{seed}" if seed is not None else "")
+    name = name.replace(" ", "_").replace("/", "-")  # a file name (labels hold "0.3/0.5")
+    if seed is not None:
+        overrides = (*overrides, f"common.seed={seed}")
     save = os.path.join(work, "runs", name)
     lr_override = f"optimization.lr=[{lr}]" if method == "dense" else f"optimizer.groups.default.lr_float={lr}"
     t0 = time.time()
@@ -249,7 +277,7 @@ def run_method(corpus: str, method: str, label: str, manifest: str, work: str, r
     best = train(corpus, method, manifest, save, updates, f"dataset.validate_interval_updates={every}",
                  f"checkpoint.save_interval_updates={every}", "checkpoint.keep_interval_updates=1",
                  "common.log_interval=100", lr_override, *overrides, threads=threads, start=start)
-    row = {"corpus": corpus, "method": label, "recipe": method, "overrides": list(overrides),
+    row = {"corpus": corpus, "method": label, "recipe": method, "overrides": list(overrides), "seed": seed,
            "start": os.path.relpath(start, REPO),
            "train_minutes": round((time.time() - t0) / 60, 2)}
     model = best

@@ -1,9 +1,10 @@
 """`make study`: every method of the paper on the mini corpora at 2-3 targets each, i.e. the paper's
 accuracy-vs-computation comparison at small scale (WER on mini LibriSpeech, intent accuracy on mini SLURP).
 
-As in `make demo`, each corpus's dense baseline is fine-tuned from the shipped start model first; every
-pruning method then prunes that dense model with one examples/mini recipe, is exported, and decodes the test
-subset (scripts/mini.py). Writes results/study.json, results/study.md and
+As in `make demo`, every run starts from the shipped self-supervised mini wav2vec2 (assets/pretrained): the dense
+baseline is fine-tuned from it, and every pruning method prunes while fine-tuning from it for the same number of
+updates (--prune-from dense: prune each corpus's fine-tuned dense baseline instead); each pruned model is
+exported and decodes the test subset (scripts/mini.py). Writes results/study.json, results/study.md and
 results/study_accuracy_vs_gmacs.png.
 
     python scripts/study.py [--corpora librispeech slurp] [--updates 800] [--jobs 2] [--only LABEL ...]
@@ -18,8 +19,8 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mini import (  # noqa: E402
-    REPO, START_MODEL, SUBSETS, add_pruning_args, log, prepare_corpora, pruning_overrides, pyplot, row_cells,
-    run_method, use_start_dictionary
+    PRETRAINED_MODEL, REPO, SUBSETS, add_pruning_args, log, match_start_dictionary, prepare_corpora,
+    pruning_overrides, pyplot, row_cells, run_method
 )
 
 # (label, recipe, criterion overrides): the paper's methods and baselines at 2-3 targets each
@@ -47,10 +48,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpora-work", default=os.path.join(REPO, "work", "demo"), help="corpora shared with the demo")
     p.add_argument("--results", default=os.path.join(REPO, "results"))
     p.add_argument("--corpora", nargs="+", default=["librispeech", "slurp"], choices=sorted(SUBSETS))
-    p.add_argument("--updates", type=int, default=800)
+    p.add_argument("--start", default=PRETRAINED_MODEL, help="the pre-trained wav2vec2 every run starts from")
+    p.add_argument("--prune-from", choices=("pretrained", "dense"), default="pretrained",
+                   help="pretrained: prune while fine-tuning (the paper); dense: prune the fine-tuned dense baseline")
+    p.add_argument("--updates", type=int, default=600)
     p.add_argument("--validations", type=int, default=4, help="validations (and saved checkpoints) per run")
     add_pruning_args(p)
-    p.add_argument("--lr", type=float, default=0.0003, help="peak learning rate of the model's weights")
+    p.add_argument("--lr", type=float, default=0.0005, help="peak learning rate of the model's weights")
     p.add_argument("--max-tokens", type=int, default=160000)
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each (1: one at a time)")
     p.add_argument("--only", nargs="*", help="run only these labels (e.g. 'dense' 'HJ-MAC 0.5')")
@@ -85,13 +89,13 @@ def plot(rows: List[Dict], path: str) -> None:
 
 def main(args: argparse.Namespace) -> List[Dict]:
     t0 = time.time()
-    if not os.path.exists(START_MODEL):
-        raise SystemExit(f"{START_MODEL} is missing: regenerate it with python scripts/make_start_model.py")
+    if not os.path.exists(args.start):
+        raise SystemExit(f"{args.start} is missing: make it with python scripts/make_pretrained_model.py")
     os.makedirs(args.results, exist_ok=True)
     manifests = prepare_corpora(args.corpora_work)
+    match_start_dictionary(manifests, args.start)
     jobs = []
     for corpus in args.corpora:
-        use_start_dictionary(manifests[corpus])
         for label, recipe, overrides in RUNS:
             if args.only and label not in args.only:
                 continue
@@ -107,7 +111,9 @@ def main(args: argparse.Namespace) -> List[Dict]:
         return run_method(corpus, recipe, label, manifest, args.work, args.results, args.updates, args.lr, *extra,
                           threads=threads, validations=args.validations, start=start)
 
-    def dense_checkpoint(corpus: str, rows: List[Dict]) -> str:
+    def prune_start(corpus: str, rows: List[Dict]) -> str:
+        if args.prune_from == "pretrained":
+            return args.start
         done = [r["checkpoint"] for r in rows if r["corpus"] == corpus and r["recipe"] == "dense"]
         path = done[0] if done else os.path.join(args.work, "runs", f"{corpus}-dense", "checkpoint_best.pt")
         if not os.path.exists(path):
@@ -115,9 +121,9 @@ def main(args: argparse.Namespace) -> List[Dict]:
         return path
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        # the dense baselines first: the pruning runs prune them
-        rows = list(pool.map(one, [(*job, START_MODEL) for job in jobs if job[1] == "dense"]))
-        pruning = [(*job, dense_checkpoint(job[0], rows)) for job in jobs if job[1] != "dense"]
+        # the dense baselines first (with --prune-from dense, the pruning runs prune them)
+        rows = list(pool.map(one, [(*job, args.start) for job in jobs if job[1] == "dense"]))
+        pruning = [(*job, prune_start(job[0], rows)) for job in jobs if job[1] != "dense"]
         rows += list(pool.map(one, pruning))
     minutes = round((time.time() - t0) / 60, 1)
     lines = ["| corpus | method | params (M) | GMACs (10 s) | WER (test) | intent acc. (test) |", "|" + "---|" * 6]
