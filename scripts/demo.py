@@ -34,17 +34,9 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mini import (  # noqa: E402
-    PRETRAINED_MODEL, REPO, START_MODEL, SUBSETS, add_pruning_args, log, match_start_dictionary, prepare_corpora,
-    pruning_overrides, pyplot, random_init_model, run_method, speedups
+    PROTOCOLS, REPO, SUBSETS, add_pruning_args, log, match_start_dictionary, prepare_corpora, pruning_overrides,
+    pyplot, random_init_model, resolve_protocol, run_method, speedups
 )
-
-#: the two protocols' settings; a flag given on the command line wins
-PROTOCOLS = {
-    "finetuned": dict(start=START_MODEL, prune_from="dense", updates=800, lr=0.0003, target=0.5,
-                      finetune_updates=600, seeds=[1]),
-    "paper": dict(start=PRETRAINED_MODEL, prune_from="pretrained", updates=1500, lr=0.0005, target=0.55,
-                  finetune_updates=0, seeds=[1, 2]),
-}
 
 PRUNED = "HJ-Pruning-MAC"
 TUNED = "HJ-Pruning-MAC + fine-tuning"
@@ -85,14 +77,6 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each (1: one at a time)")
     p.add_argument("--corpora", nargs="+", default=["librispeech", "slurp"], choices=sorted(SUBSETS))
     return p
-
-
-def resolve(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the options not given on the command line from the protocol's settings."""
-    for key, value in PROTOCOLS[args.protocol].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
 
 
 def runs(args, manifests: Dict[str, str], threads: int) -> List[Dict]:
@@ -210,7 +194,7 @@ def time_against_dense(rows: List[Dict], manifests: Dict[str, str]) -> None:
 
 def main(args: argparse.Namespace) -> List[Dict]:
     t0 = time.time()
-    args = resolve(args)
+    args = resolve_protocol(args)
     os.makedirs(args.results, exist_ok=True)
     if not os.path.exists(args.start):
         raise SystemExit(f"{args.start} is missing: make it with python scripts/make_pretrained_model.py "

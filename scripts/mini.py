@@ -243,6 +243,23 @@ def random_init_model(start: str, work: str, seed: int = 1) -> str:
     return path
 
 
+#: the demo's and the study's two protocols (see scripts/demo.py); a flag given on the command line wins
+PROTOCOLS = {
+    "finetuned": dict(start=START_MODEL, prune_from="dense", updates=800, lr=0.0003, target=0.5,
+                      finetune_updates=600, seeds=[1]),
+    "paper": dict(start=PRETRAINED_MODEL, prune_from="pretrained", updates=1500, lr=0.0005, target=0.55,
+                  finetune_updates=0, seeds=[1, 2]),
+}
+
+
+def resolve_protocol(args):
+    """Fill the options that the command line left at None from ``args.protocol``'s settings."""
+    for key, value in PROTOCOLS[args.protocol].items():
+        if getattr(args, key, "absent") is None:
+            setattr(args, key, value)
+    return args
+
+
 def match_start_dictionary(manifests: Dict[str, str], start: str) -> None:
     """Continuing from the fine-tuned start model (assets/start_model) needs the dictionary it was fine-tuned with
     (its output layer's units) in every manifest; a pre-trained start builds its output layer from the manifest's

@@ -1,11 +1,11 @@
 """`make study`: every method of the paper on the mini corpora at 2-3 targets each, i.e. the paper's
 accuracy-vs-computation comparison at small scale (WER on mini LibriSpeech, intent accuracy on mini SLURP).
 
-As in `make demo`, every run starts from the shipped self-supervised mini wav2vec2 (assets/pretrained): the dense
-baseline is fine-tuned from it, and every pruning method prunes while fine-tuning from it for the same number of
-updates (--prune-from dense: prune each corpus's fine-tuned dense baseline instead); each pruned model is
-exported and decodes the test subset (scripts/mini.py). Writes results/study.json, results/study.md and
-results/study_accuracy_vs_gmacs.png.
+The same two protocols as `make demo`: --protocol finetuned (default) fine-tunes each corpus's dense baseline from
+the shipped fine-tuned start model and every pruning method prunes that dense model; --protocol paper fine-tunes
+the dense baseline from the self-supervised model (assets/pretrained) and every method prunes while fine-tuning
+from it, same updates. Each pruned model is exported and decodes the test subset (scripts/mini.py). Writes
+results/study.json, results/study.md and results/study_accuracy_vs_gmacs.png.
 
     python scripts/study.py [--corpora librispeech slurp] [--updates 800] [--jobs 2] [--only LABEL ...]
 """
@@ -19,8 +19,8 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mini import (  # noqa: E402
-    PRETRAINED_MODEL, REPO, SUBSETS, add_pruning_args, log, match_start_dictionary, prepare_corpora,
-    pruning_overrides, pyplot, row_cells, run_method
+    PROTOCOLS, REPO, SUBSETS, add_pruning_args, log, match_start_dictionary, prepare_corpora, pruning_overrides,
+    pyplot, resolve_protocol, row_cells, run_method
 )
 
 # (label, recipe, criterion overrides): the paper's methods and baselines at 2-3 targets each
@@ -48,13 +48,16 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpora-work", default=os.path.join(REPO, "work", "demo"), help="corpora shared with the demo")
     p.add_argument("--results", default=os.path.join(REPO, "results"))
     p.add_argument("--corpora", nargs="+", default=["librispeech", "slurp"], choices=sorted(SUBSETS))
-    p.add_argument("--start", default=PRETRAINED_MODEL, help="the pre-trained wav2vec2 every run starts from")
-    p.add_argument("--prune-from", choices=("pretrained", "dense"), default="pretrained",
-                   help="pretrained: prune while fine-tuning (the paper); dense: prune the fine-tuned dense baseline")
-    p.add_argument("--updates", type=int, default=600)
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="finetuned",
+                   help="finetuned: prune the fine-tuned dense baseline; paper: prune while fine-tuning from the "
+                        "self-supervised model")
+    p.add_argument("--start", help="the model the dense runs start from (default: the protocol's)")
+    p.add_argument("--prune-from", choices=("pretrained", "dense"),
+                   help="pretrained: prune while fine-tuning from --start; dense: prune the fine-tuned dense baseline")
+    p.add_argument("--updates", type=int, help="updates per run (finetuned 800, paper 1500)")
     p.add_argument("--validations", type=int, default=4, help="validations (and saved checkpoints) per run")
     add_pruning_args(p)
-    p.add_argument("--lr", type=float, default=0.0005, help="peak learning rate of the model's weights")
+    p.add_argument("--lr", type=float, help="peak learning rate of the model's weights (finetuned 3e-4, paper 5e-4)")
     p.add_argument("--max-tokens", type=int, default=160000)
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each (1: one at a time)")
     p.add_argument("--only", nargs="*", help="run only these labels (e.g. 'dense' 'HJ-MAC 0.5')")
@@ -89,8 +92,10 @@ def plot(rows: List[Dict], path: str) -> None:
 
 def main(args: argparse.Namespace) -> List[Dict]:
     t0 = time.time()
+    args = resolve_protocol(args)
     if not os.path.exists(args.start):
-        raise SystemExit(f"{args.start} is missing: make it with python scripts/make_pretrained_model.py")
+        raise SystemExit(f"{args.start} is missing: make it with python scripts/make_pretrained_model.py "
+                         "(assets/pretrained) or scripts/make_start_model.py (assets/start_model)")
     os.makedirs(args.results, exist_ok=True)
     manifests = prepare_corpora(args.corpora_work)
     match_start_dictionary(manifests, args.start)
