@@ -7,7 +7,8 @@
    ``fairseq-hydra-train`` (no plugin code);
 3. keep the last checkpoint's weights in float16 without optimizer state (a normal fairseq ``wav2vec2``
    pre-training checkpoint, which ``model.w2v_path`` accepts) with its provenance under the key
-   ``pretrained_model``: updates, minutes, last training loss, code perplexity, shape.
+   ``pretrained_model`` (and in a ``.json`` file beside it): updates, minutes, the last training and validation
+   records (loss, contrastive accuracy, code perplexity), the corpus; the shape is the checkpoint's ``cfg.model``.
 
 Resumable: a run that is stopped (Ctrl-C, kill, end of a session) continues from WORK/train/checkpoint_last.pt
 when started again with the same options (fairseq restores the optimizer, schedule and data order); --updates may
@@ -137,6 +138,8 @@ def main(args: argparse.Namespace) -> None:
         "last_train": records["train"], "last_valid": records["valid"],
     }
     ship(save, args.out, provenance)
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:  # the same provenance, readable without torch
+        json.dump(provenance, f, indent=1)
     log(f"wrote {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MB): {json.dumps(provenance)}")
 
 

@@ -199,3 +199,26 @@ def copy_manifest(src: str, dst: str) -> str:
             lines = open(tsv).readlines()
             open(tsv, "w").writelines([os.path.abspath(dst) + "\n"] + lines[1:])
     return dst
+
+
+def save_finetuned(model, cfg, path: str):
+    """Nudge ``model``'s weights (a "fine-tuned" model differs from its pre-trained start) and save it with its
+    full config ``cfg`` as fairseq's trainer writes a fine-tuned checkpoint; returns the model in eval mode."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from fairseq_prune.checkpoints import save_atomic
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    state = {
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": model.state_dict(),
+        "optimizer_history": [{"criterion_name": "CtcCriterion", "optimizer_name": "FairseqAdam",
+                               "lr_scheduler_state": {}, "num_updates": 10}],
+        "extra_state": {"train_iterator": {"epoch": 1}},
+        "last_optimizer_state": None,
+    }
+    save_atomic(state, path, force=True)
+    return model.eval()

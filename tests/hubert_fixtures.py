@@ -6,20 +6,10 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from fairseq_prune.checkpoints import save_atomic
+from helpers import SMALL_W2V, save_finetuned
 
-#: a 2-layer HuBERT small enough for unit tests (conv 32 channels -> 64-dim encoder, 4 heads of 16)
-SMALL_HUBERT = dict(
-    encoder_layers=2,
-    encoder_embed_dim=64,
-    encoder_ffn_embed_dim=128,
-    encoder_attention_heads=4,
-    conv_feature_layers="[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2",
-    conv_pos=16,
-    conv_pos_groups=4,
-    final_dim=16,
-    untie_final_proj=True,
-)
+#: a 2-layer HuBERT small enough for unit tests: the unit tests' wav2vec2 shape, HuBERT's projection heads
+SMALL_HUBERT = dict(SMALL_W2V, final_dim=16, untie_final_proj=True)
 
 
 def hubert_ctc_root_cfg(w2v_path: str, data: str, normalize: bool = False, **model_fields):
@@ -67,19 +57,7 @@ def write_hubert_ctc_checkpoint(path: str, hubert_path: str, data: str, seed: in
     weights moved away from the pre-trained ones); returns the model (eval mode)."""
     torch.manual_seed(seed)
     cfg, model = build_hubert_ctc(hubert_path, data, normalize, feature_grad_mult=1.0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    state = {
-        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "model": model.state_dict(),
-        "optimizer_history": [{"criterion_name": "CtcCriterion", "optimizer_name": "FairseqAdam",
-                               "lr_scheduler_state": {}, "num_updates": 10}],
-        "extra_state": {"train_iterator": {"epoch": 1}},
-        "last_optimizer_state": None,
-    }
-    save_atomic(state, path, force=True)
-    return model.eval()
+    return save_finetuned(model, cfg, path)
 
 
 def encoder_outputs(model, x: torch.Tensor, pad: Optional[torch.Tensor]):

@@ -1,15 +1,13 @@
 """With its gates open, wav2vec2_ctc_pruning computes what fairseq's wav2vec_ctc computes on the same checkpoint."""
-import os
 
 import pytest
 import torch
-from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
-from omegaconf import OmegaConf
+from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig
 
-from fairseq_prune.checkpoints import CheckpointError, save_atomic, write_wav2vec2_checkpoint
-from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning, Wav2Vec2CtcPruningConfig
+from fairseq_prune.checkpoints import CheckpointError, write_wav2vec2_checkpoint
+from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
 from fairseq_prune.modules.hard_concrete import HardConcrete
-from helpers import SMALL_W2V, build, padded_batch, root_cfg
+from helpers import SMALL_W2V, build, padded_batch, root_cfg, save_finetuned
 
 ALL_GATES = dict(
     prune_conv_channels=True,
@@ -99,19 +97,7 @@ def finetuned_ctc_checkpoint(small_w2v, data, path, model_dc=None):
 
     task = tasks.setup_task(cfg.task)
     model = task.build_model(cfg.model)  # fills cfg.model.w2v_args, like fairseq-hydra-train does
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn_like(p))  # "fine-tuned": differs from the pre-trained weights
-    state = {
-        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "model": model.state_dict(),
-        "optimizer_history": [{"criterion_name": "CtcCriterion", "optimizer_name": "FairseqAdam",
-                               "lr_scheduler_state": {}, "num_updates": 10}],
-        "extra_state": {"train_iterator": {"epoch": 1}},
-        "last_optimizer_state": None,
-    }
-    save_atomic(state, path, force=True)
-    return model.eval()
+    return save_finetuned(model, cfg, path)
 
 
 def test_finetuned_ctc_checkpoint_keeps_encoder_and_output_layer(small_w2v, noise_data, tmp_path):
