@@ -177,14 +177,13 @@ def plot(summary: List[Dict], path: str) -> None:
 
 def time_against_dense(rows: List[Dict], manifests: Dict[str, str]) -> None:
     """Speed-up and MAC ratio of every row against the dense baseline of its corpus and seed."""
-    for r in rows:
-        dense = next(d for d in rows if d["corpus"] == r["corpus"] and d["seed"] == r["seed"]
-                     and d["method"] == "dense")
-        r["macs_ratio"] = r["macs"] / dense["macs"]
     for corpus in sorted({r["corpus"] for r in rows}):
         for seed in sorted({r["seed"] for r in rows}):
             group = [r for r in rows if r["corpus"] == corpus and r["seed"] == seed]
-            dense, pruned = group[0], [r for r in group if r["macs_ratio"] < 0.999]
+            dense = next(r for r in group if r["method"] == "dense")
+            for r in group:
+                r["macs_ratio"] = r["macs"] / dense["macs"]
+            pruned = [r for r in group if r["macs_ratio"] < 0.999]
             if pruned:
                 log(f"timing the exported {corpus} models of seed {seed} against the dense one (10 s, batch 1)")
                 for row, timing in zip(pruned, speedups(dense["checkpoint"], [r["checkpoint"] for r in pruned],
