@@ -18,7 +18,8 @@ dense baseline (10 s input, batch 1); print one table (the mean over the seeds a
 results/demo.json, results/demo.md, results/arch-*.png and results/accuracy_vs_gmacs.png.
 
 Every preset value can be overridden (--start, --prune-from, --updates, --lr, --target, --finetune-updates,
---seeds). --distill W: each pruning run also distils from its seed's dense baseline. --random-init: dense rows
+--seeds, --distill). --distill W: each pruning run also distils from a dense model fine-tuned with CTC: the start
+model when it is one (finetuned), else its seed's dense baseline (paper). --random-init: dense rows
 fine-tuned from a randomly initialised model of the start model's shape (what pre-training is worth).
 
     python scripts/demo.py [--protocol finetuned|paper] [--seeds 1 2] [--updates N] [--distill 0.5]
@@ -34,8 +35,8 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mini import (  # noqa: E402
-    PROTOCOLS, REPO, SUBSETS, add_pruning_args, log, match_start_dictionary, prepare_corpora, pruning_overrides,
-    pyplot, random_init_model, resolve_protocol, run_method, speedups
+    PROTOCOLS, REPO, SUBSETS, add_pruning_args, is_finetuned, log, match_start_dictionary, prepare_corpora,
+    pruning_overrides, pyplot, random_init_model, resolve_protocol, run_method, speedups
 )
 
 PRUNED = "HJ-Pruning-MAC"
@@ -57,16 +58,16 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", help="one run of every row per seed (finetuned: 1; paper: 1 2)")
     p.add_argument("--validations", type=int, default=2,
                    help="validations (and saved checkpoints) per run; checkpoint_best is the best within the budget")
-    p.add_argument("--prune-from", choices=("pretrained", "dense"),
-                   help="pretrained: prune while fine-tuning from --start (paper); dense: prune each seed's "
+    p.add_argument("--prune-from", choices=("start", "dense"),
+                   help="start: prune while fine-tuning from --start; dense: prune each seed's "
                         "fine-tuned dense baseline (finetuned)")
     p.add_argument("--finetune-updates", type=int,
                    help="updates of fine-tuning the exported model without gates, reported in rows of their own "
                         "(0: none; finetuned 600, paper 0)")
-    p.add_argument("--distill", type=float, default=0.0,
-                   help="distillation weight: each pruning run also learns from its seed's dense baseline "
-                        "(criterion.distill_teacher / distill_weight; the pruning runs then start after the dense "
-                        "ones); 0: none")
+    p.add_argument("--distill", type=float,
+                   help="distillation weight: each pruning run also learns from the start model if it is fine-tuned "
+                        "with CTC, else from its seed's dense baseline (criterion.distill_teacher / distill_weight; "
+                        "the pruning runs then start after the dense ones); 0: none")
     p.add_argument("--random-init", action="store_true",
                    help="add dense rows fine-tuned from a randomly initialised model of the same shape")
     add_pruning_args(p)
@@ -89,14 +90,17 @@ def runs(args, manifests: Dict[str, str], threads: int) -> List[Dict]:
                           f"dataset.max_tokens={args.max_tokens}", *extra, start=start, threads=threads,
                           validations=args.validations, seed=seed)
 
+    teacher_is_start = is_finetuned(args.start)
+
     def prune(corpus: str, seed: int, dense: str = None) -> tuple:
         extra = [f"criterion.target={args.target}", *pruning_overrides(args)]
         if args.distill:
-            extra += [f"criterion.distill_teacher={dense}", f"criterion.distill_weight={args.distill}"]
+            teacher = os.path.abspath(args.start) if teacher_is_start else dense
+            extra += [f"criterion.distill_teacher={teacher}", f"criterion.distill_weight={args.distill}"]
         start = dense if args.prune_from == "dense" else args.start
         return corpus, seed, "hj_macs", PRUNED, args.updates, start, extra
 
-    needs_dense = args.prune_from == "dense" or args.distill > 0
+    needs_dense = args.prune_from == "dense" or (args.distill > 0 and not teacher_is_start)
     first = []
     for seed in args.seeds:
         for corpus in args.corpora:
@@ -216,7 +220,8 @@ def main(args: argparse.Namespace) -> List[Dict]:
                 f"the transcript (the intent token of SLURP labels not counted); speed-up: median CPU latency of the "
                 f"dense model / the exported model, 10 s input, batch 1, 1 thread. Made by `make demo` in {minutes} "
                 f"min (protocol {args.protocol}: {args.updates} updates per run, pruning from the "
-                f"{args.prune_from} model).\n")
+                f"{args.prune_from} model" + (f", distillation weight {args.distill}" if args.distill else "")
+                + ").\n")
     plot(summary, os.path.join(args.results, "accuracy_vs_gmacs.png"))
     log(f"done in {minutes} min: results/demo.md, results/demo.json, results/arch-*.png, "
         "results/accuracy_vs_gmacs.png")

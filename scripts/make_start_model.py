@@ -5,13 +5,15 @@ No pretrained wav2vec2 can be downloaded here, so the demo starts from a small m
 1. synthesise the mini LibriSpeech and mini SLURP corpora and write their manifests (scripts/mini.py);
 2. join their *training* subsets into one manifest, with one letter + intent dictionary (dev subsets for
    validation; the test subsets are never seen);
-3. write a randomly initialised mini wav2vec2 pre-training checkpoint with fairseq's own classes;
+3. take the self-supervised mini wav2vec2 (``--init``, default ``assets/pretrained/wav2vec2_mini.pt``, made by
+   scripts/make_pretrained_model.py) or, with ``--init random``, write a randomly initialised mini wav2vec2
+   pre-training checkpoint of the older 4-layer shape with fairseq's own classes;
 4. fine-tune it densely with CTC using fairseq's own ``wav2vec_ctc`` model (``fairseq-hydra-train``, the
    ``examples/mini/dense.yaml`` recipe) for ``--updates`` updates;
 5. keep the best checkpoint's weights in float16, without optimizer state: a normal fairseq ``wav2vec_ctc``
    checkpoint, which ``model.w2v_path`` accepts (pruning an already fine-tuned model).
 
-    python scripts/make_start_model.py [--updates 3000] [--work work/start_model]
+    python scripts/make_start_model.py [--updates 3000] [--init random] [--work work/start_model]
 """
 import argparse
 import json
@@ -24,7 +26,7 @@ from collections import Counter
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mini import MINI_W2V, PY, REPO, START_MODEL, SUBSETS, log, prepare_corpora, run  # noqa: E402
+from mini import MINI_W2V, PRETRAINED_MODEL, PY, REPO, START_MODEL, SUBSETS, log, prepare_corpora, run  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -34,6 +36,12 @@ def get_parser() -> argparse.ArgumentParser:
                    help="where the synthetic corpora and manifests live (shared with the demo)")
     p.add_argument("--updates", type=int, default=3000)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--init", default=PRETRAINED_MODEL,
+                   help="the wav2vec2 pre-training checkpoint to fine-tune (default: the shipped self-supervised "
+                        "one), or 'random': a randomly initialised model of scripts/mini.py's MINI_W2V shape")
+    p.add_argument("--lr", type=float, default=0.0005, help="peak learning rate (tri-stage schedule)")
+    p.add_argument("--max-tokens", type=int, default=320000, help="audio samples per batch")
+    p.add_argument("--threads", type=int, default=0, help="torch threads of the training process (0: default)")
     p.add_argument("--out", default=START_MODEL)
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from WORK/train/checkpoint_last.pt instead of starting over "
@@ -67,13 +75,20 @@ def join_training_manifests(manifests: dict, dest: str) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    from fairseq_prune.checkpoints import save_atomic, write_wav2vec2_checkpoint
+    from fairseq_prune.checkpoints import read_checkpoint, save_atomic, write_wav2vec2_checkpoint
 
     t0 = time.time()
     manifests = prepare_corpora(args.corpora_work, seed=args.seed)
     data = join_training_manifests(manifests, os.path.join(args.work, "manifest"))
-    init = os.path.join(args.work, "w2v_init.pt")
-    write_wav2vec2_checkpoint(init, MINI_W2V, seed=args.seed)
+    if args.init == "random":
+        init, architecture = os.path.join(args.work, "w2v_init.pt"), MINI_W2V
+        write_wav2vec2_checkpoint(init, MINI_W2V, seed=args.seed)
+    else:
+        init = os.path.abspath(args.init)
+        cfg = read_checkpoint(init)["cfg"]["model"]
+        architecture = {k: cfg[k] for k in ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim",
+                                            "encoder_attention_heads", "conv_feature_layers", "conv_pos",
+                                            "conv_pos_groups")}
     save = os.path.join(args.work, "train")
     if not (args.resume and os.path.exists(os.path.join(save, "checkpoint_last.pt"))):
         shutil.rmtree(save, ignore_errors=True)
@@ -84,8 +99,9 @@ def main(args: argparse.Namespace) -> None:
                "dataset.train_subset=train",
                "dataset.valid_subset=valid", f"optimization.max_update={args.updates}",
                f"dataset.validate_interval_updates={max(args.updates // 6, 1)}", f"common.seed={args.seed}",
+               f"optimization.lr=[{args.lr}]", f"dataset.max_tokens={args.max_tokens}",
                f"checkpoint.save_dir={save}", f"hydra.run.dir={save}/hydra"],
-              log_file=os.path.join(save, "train-resumed.log" if args.resume else "train.log"))
+              env={"OMP_NUM_THREADS": str(args.threads)} if args.threads else None, log_file=os.path.join(save, "train-resumed.log" if args.resume else "train.log"))
     valid = [json.loads(line.split(" - ", 1)[1]) for line in out.splitlines() if "[valid][INFO] - {" in line]
     state = torch.load(os.path.join(save, "checkpoint_best.pt"), weights_only=False)
     state["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
@@ -95,7 +111,10 @@ def main(args: argparse.Namespace) -> None:
         "made_by": "scripts/make_start_model.py",
         "updates": args.updates,
         "seed": args.seed,
-        "architecture": MINI_W2V,
+        "init": "random" if args.init == "random" else os.path.relpath(init, REPO),
+        "lr": args.lr,
+        "max_tokens": args.max_tokens,
+        "architecture": architecture,
         "valid": valid[-1] if valid else None,
         "minutes": round((time.time() - t0) / 60, 1),
     }

@@ -246,9 +246,9 @@ def random_init_model(start: str, work: str, seed: int = 1) -> str:
 #: the demo's and the study's two protocols (see scripts/demo.py); a flag given on the command line wins
 PROTOCOLS = {
     "finetuned": dict(start=START_MODEL, prune_from="dense", updates=800, lr=0.0003, target=0.5,
-                      finetune_updates=600, seeds=[1]),
-    "paper": dict(start=PRETRAINED_MODEL, prune_from="pretrained", updates=1500, lr=0.0005, target=0.55,
-                  finetune_updates=0, seeds=[1, 2]),
+                      finetune_updates=600, seeds=[1], distill=0.0),
+    "paper": dict(start=PRETRAINED_MODEL, prune_from="start", updates=1500, lr=0.0005, target=0.55,
+                  finetune_updates=0, seeds=[1, 2], distill=0.0),
 }
 
 
@@ -258,6 +258,14 @@ def resolve_protocol(args):
         if getattr(args, key, "absent") is None:
             setattr(args, key, value)
     return args
+
+
+def is_finetuned(checkpoint: str) -> bool:
+    """Whether ``checkpoint`` is a model fine-tuned with CTC (it can be a distillation teacher), not a
+    self-supervised one."""
+    from fairseq_prune.checkpoints import read_checkpoint
+
+    return "ctc" in read_checkpoint(checkpoint)["cfg"]["model"]["_name"]
 
 
 def match_start_dictionary(manifests: Dict[str, str], start: str) -> None:

@@ -52,8 +52,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="finetuned: prune the fine-tuned dense baseline; paper: prune while fine-tuning from the "
                         "self-supervised model")
     p.add_argument("--start", help="the model the dense runs start from (default: the protocol's)")
-    p.add_argument("--prune-from", choices=("pretrained", "dense"),
-                   help="pretrained: prune while fine-tuning from --start; dense: prune the fine-tuned dense baseline")
+    p.add_argument("--prune-from", choices=("start", "dense"),
+                   help="start: prune while fine-tuning from --start; dense: prune the fine-tuned dense baseline")
     p.add_argument("--updates", type=int, help="updates per run (finetuned 800, paper 1500)")
     p.add_argument("--validations", type=int, default=4, help="validations (and saved checkpoints) per run")
     add_pruning_args(p)
@@ -117,7 +117,7 @@ def main(args: argparse.Namespace) -> List[Dict]:
                           threads=threads, validations=args.validations, start=start)
 
     def prune_start(corpus: str, rows: List[Dict]) -> str:
-        if args.prune_from == "pretrained":
+        if args.prune_from == "start":
             return args.start
         done = [r["checkpoint"] for r in rows if r["corpus"] == corpus and r["recipe"] == "dense"]
         path = done[0] if done else os.path.join(args.work, "runs", f"{corpus}-dense", "checkpoint_best.pt")
