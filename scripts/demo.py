@@ -39,9 +39,13 @@ from mini import (  # noqa: E402
     pruning_overrides, pyplot, random_init_model, resolve_protocol, run_method, speedups
 )
 
-PRUNED = "HJ-Pruning-MAC"
-TUNED = "HJ-Pruning-MAC + fine-tuning"
+TUNED = " + fine-tuning"
 RANDOM = "dense from random init"
+
+
+def pruned_label(target: float) -> str:
+    """The table's name of the HJ-Pruning-MAC rows of one target."""
+    return f"HJ-Pruning-MAC {target:g}"
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -71,8 +75,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-init", action="store_true",
                    help="add dense rows fine-tuned from a randomly initialised model of the same shape")
     add_pruning_args(p)
-    p.add_argument("--target", type=float, help="HJ-Pruning-MAC target, a share of the MACs (finetuned 0.5, "
-                                                "paper 0.55)")
+    p.add_argument("--target", type=float, nargs="+",
+                   help="HJ-Pruning-MAC targets, shares of the MACs, one row each (finetuned 0.5, paper 0.55)")
     p.add_argument("--lr", type=float, help="peak learning rate of the model's weights (finetuned 3e-4, paper 5e-4)")
     p.add_argument("--max-tokens", type=int, default=160000, help="audio samples per batch")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each (1: one at a time)")
@@ -82,8 +86,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 def runs(args, manifests: Dict[str, str], threads: int) -> List[Dict]:
     """Every run of the demo, as many side by side as ``--jobs`` allows: first those that start from the
-    pre-trained model alone (dense, the random-init rows, HJ-Pruning-MAC unless it needs its dense baseline), then
-    the pruning runs that do (--prune-from dense, --distill), then fine-tuning the exported models."""
+    start model alone (dense, the random-init rows, HJ-Pruning-MAC unless it needs its dense baseline), then
+    the pruning runs that do (--prune-from dense, --distill from the dense baseline), then fine-tuning the
+    exported models."""
     def run(job) -> Dict:
         corpus, seed, method, label, updates, start, extra = job
         return run_method(corpus, method, label, manifests[corpus], args.work, args.results, updates, args.lr,
@@ -92,13 +97,16 @@ def runs(args, manifests: Dict[str, str], threads: int) -> List[Dict]:
 
     teacher_is_start = is_finetuned(args.start)
 
-    def prune(corpus: str, seed: int, dense: str = None) -> tuple:
-        extra = [f"criterion.target={args.target}", *pruning_overrides(args)]
-        if args.distill:
-            teacher = os.path.abspath(args.start) if teacher_is_start else dense
-            extra += [f"criterion.distill_teacher={teacher}", f"criterion.distill_weight={args.distill}"]
-        start = dense if args.prune_from == "dense" else args.start
-        return corpus, seed, "hj_macs", PRUNED, args.updates, start, extra
+    def prune(corpus: str, seed: int, dense: str = None) -> List[tuple]:
+        jobs = []
+        for target in args.target:
+            extra = [f"criterion.target={target}", *pruning_overrides(args)]
+            if args.distill:
+                teacher = os.path.abspath(args.start) if teacher_is_start else dense
+                extra += [f"criterion.distill_teacher={teacher}", f"criterion.distill_weight={args.distill}"]
+            start = dense if args.prune_from == "dense" else args.start
+            jobs.append((corpus, seed, "hj_macs", pruned_label(target), args.updates, start, extra))
+        return jobs
 
     needs_dense = args.prune_from == "dense" or (args.distill > 0 and not teacher_is_start)
     first = []
@@ -106,19 +114,19 @@ def runs(args, manifests: Dict[str, str], threads: int) -> List[Dict]:
         for corpus in args.corpora:
             first.append((corpus, seed, "dense", "dense", args.updates, args.start, []))
             if not needs_dense:
-                first.append(prune(corpus, seed))
+                first += prune(corpus, seed)
             if args.random_init:
                 first.append((corpus, seed, "dense", RANDOM, args.updates, random_init_model(args.start, args.work),
                               []))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(run, first))
-        dense = [r for r in rows if r["method"] == "dense"]
         if needs_dense:
-            rows += pool.map(run, [prune(r["corpus"], r["seed"], r["checkpoint"]) for r in dense])
+            dense = [r for r in rows if r["method"] == "dense"]
+            rows += pool.map(run, [job for r in dense for job in prune(r["corpus"], r["seed"], r["checkpoint"])])
         if args.finetune_updates:  # the compact model without gates: cheaper updates, may recover accuracy
-            pruned = {(r["corpus"], r["seed"]): r["checkpoint"] for r in rows if r["method"] == PRUNED}
-            rows += pool.map(run, [(r["corpus"], r["seed"], "dense", TUNED, args.finetune_updates,
-                                    pruned[(r["corpus"], r["seed"])], []) for r in dense])
+            pruned = [r for r in rows if r["recipe"] == "hj_macs"]
+            rows += pool.map(run, [(r["corpus"], r["seed"], "dense", r["method"] + TUNED, args.finetune_updates,
+                                    r["checkpoint"], []) for r in pruned])
     return rows
 
 

@@ -245,9 +245,9 @@ def random_init_model(start: str, work: str, seed: int = 1) -> str:
 
 #: the demo's and the study's two protocols (see scripts/demo.py); a flag given on the command line wins
 PROTOCOLS = {
-    "finetuned": dict(start=START_MODEL, prune_from="dense", updates=800, lr=0.0003, target=0.5,
+    "finetuned": dict(start=START_MODEL, prune_from="dense", updates=800, lr=0.0003, target=[0.5],
                       finetune_updates=600, seeds=[1], distill=0.0),
-    "paper": dict(start=PRETRAINED_MODEL, prune_from="start", updates=1500, lr=0.0005, target=0.55,
+    "paper": dict(start=PRETRAINED_MODEL, prune_from="start", updates=1500, lr=0.0005, target=[0.55],
                   finetune_updates=0, seeds=[1, 2], distill=0.0),
 }
 
