@@ -11,7 +11,8 @@ setup(
     version="0.1.0",
     description="HJ-Pruning (Peng et al., ICASSP 2023) of wav2vec2 models as a fairseq user-dir plugin",
     python_requires=">=3.9",
-    packages=find_packages(include=["fairseq_prune", "fairseq_prune.*"]),
+    # experiments/: the demo's, the study's and the benchmarks' runner (it imports manifests/); they run in a checkout
+    packages=find_packages(include=["fairseq_prune", "fairseq_prune.*", "experiments", "experiments.*", "manifests"]),
     install_requires=["soundfile", "editdistance", "sentencepiece", "tqdm", "matplotlib"],
     extras_require={"lm": ["flashlight-text"], "onnx": ["onnx", "onnxruntime"]},
     entry_points={
