@@ -20,15 +20,14 @@ import json
 import logging
 import math
 import os
-import statistics
 import sys
 import tempfile
-import time
 from typing import Any, Callable, Dict, List
 
 import torch
 
-from fairseq_prune.checkpoints import wav2vec2_pretraining_cfg
+from experiments.checkpoints import wav2vec2_pretraining_cfg
+from experiments.timing import time_models
 from fairseq_prune.cost import REFERENCE_SAMPLES, StructureCounts, cost_breakdown, totals
 from fairseq_prune.export import prune
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning
@@ -106,20 +105,6 @@ def set_gates(model: Wav2Vec2CtcPruning, counts: StructureCounts, seed: int) -> 
     for layer, h, u in zip(w2v.encoder_layers(), counts.heads, counts.ffn):
         apply(layer.head_gate, h)
         apply(layer.ffn_unit_gate, u)
-
-
-def time_models(runs: Dict[str, Callable[[], Any]], rounds: int) -> Dict[str, float]:
-    """Median seconds per call, calls interleaved within each round (machine noise hits all alike)."""
-    times = {k: [] for k in runs}
-    with torch.inference_mode():
-        for run in runs.values():  # warm-up
-            run()
-        for _ in range(rounds):
-            for name, run in runs.items():
-                t0 = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def build_models(args: argparse.Namespace):

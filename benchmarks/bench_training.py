@@ -19,8 +19,8 @@ from typing import Dict, Tuple
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-from mini import MINI_W2V  # noqa: E402  (the demo's model)
+from experiments.checkpoints import write_wav2vec2_checkpoint
+from experiments.common import MINI_W2V  # the demo's model
 
 SIZES = {"mini": MINI_W2V, "base": {}}
 LETTERS = list("|ETAONIHSRDLUMWCFGYPBVKXJQZ'")
@@ -48,7 +48,6 @@ def setup(kind: str, size: str, device: str, workdir: str):
     from fairseq.tasks.audio_finetuning import AudioFinetuningConfig
     from omegaconf import OmegaConf, open_dict
 
-    from fairseq_prune.checkpoints import write_wav2vec2_checkpoint
     from fairseq_prune.criterions.ctc_pruning import CtcPruningCriterion, CtcPruningCriterionConfig
     from fairseq.criterions.ctc import CtcCriterion, CtcCriterionConfig
     from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig

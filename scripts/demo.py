@@ -27,17 +27,17 @@ fine-tuned from a randomly initialised model of the start model's shape (what pr
 import argparse
 import json
 import os
-import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mini import (  # noqa: E402
-    PROTOCOLS, REPO, SUBSETS, add_pruning_args, is_finetuned, log, match_start_dictionary, prepare_corpora,
-    pruning_overrides, pyplot, random_init_model, resolve_protocol, run_method, speedups
-)
+from experiments.checkpoints import is_finetuned, random_init_model
+from experiments.common import REPO, log
+from experiments.corpora import SUBSETS, match_start_dictionary, prepare_corpora
+from experiments.protocols import PROTOCOLS, add_pruning_args, pruning_overrides, resolve_protocol
+from experiments.report import demo_table, plot_accuracy_vs_gmacs, summarise_seeds
+from experiments.runner import run_method
+from experiments.timing import time_against_dense
 
 TUNED = " + fine-tuning"
 RANDOM = "dense from random init"
@@ -130,79 +130,6 @@ def runs(args, manifests: Dict[str, str], threads: int) -> List[Dict]:
     return rows
 
 
-def summarise(rows: List[Dict]) -> List[Dict]:
-    """One row per corpus and method: the mean over the seeds of every score, with each seed's value."""
-    out: Dict[tuple, Dict] = {}
-    for r in rows:
-        out.setdefault((r["corpus"], r["method"]), {"corpus": r["corpus"], "method": r["method"], "runs": []})
-        out[(r["corpus"], r["method"])]["runs"].append(r)
-    for s in out.values():
-        for key in ("params", "macs", "wer", "transcript_wer", "intent_accuracy", "speedup", "macs_ratio"):
-            values = [r[key] for r in s["runs"] if r.get(key) is not None]
-            if values:
-                s[key] = statistics.mean(values)
-                s[key + "_per_seed"] = values
-        s["seeds"] = [r["seed"] for r in s["runs"]]
-        s["runs"] = [os.path.relpath(r["checkpoint"], REPO) for r in s["runs"]]
-    return list(out.values())
-
-
-def _cell(s: Dict, key: str, fmt: str = "{:.1f}") -> str:
-    if s.get(key) is None:
-        return "–"
-    seeds = " / ".join(fmt.format(v) for v in s[key + "_per_seed"])
-    return fmt.format(s[key]) + (f" ({seeds})" if len(s[key + "_per_seed"]) > 1 else "")
-
-
-def table(summary: List[Dict]) -> str:
-    head = ("| corpus | method | params (M) | GMACs (10 s) | MACs vs dense | WER (test) | intent acc. (test) "
-            "| CPU speed-up |")
-    lines = [head, "|" + "---|" * 8]
-    for s in summary:
-        wer = "transcript_wer" if s.get("transcript_wer") is not None else "wer"
-        speed = _cell(s, "speedup", "{:.2f}×") if s.get("speedup") else "1.00× (reference)"
-        lines.append(f"| {s['corpus']} | {s['method']} | {s['params'] / 1e6:.2f} | {s['macs'] / 1e9:.2f} | "
-                     f"{s['macs_ratio']:.2f} | {_cell(s, wer)} | {_cell(s, 'intent_accuracy')} | {speed} |")
-    return "\n".join(lines)
-
-
-def plot(summary: List[Dict], path: str) -> None:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, corpus, key, label in ((axes[0], "librispeech", "wer", "WER (%), mini LibriSpeech test"),
-                                   (axes[1], "slurp", "intent_accuracy", "intent accuracy (%), mini SLURP test")):
-        for s in summary:
-            if s["corpus"] == corpus and s.get(key) is not None:
-                x = s["macs"] / 1e9
-                points = ax.scatter([x] * len(s[key + "_per_seed"]), s[key + "_per_seed"], s=18, alpha=0.5)
-                ax.scatter([x], [s[key]], s=70, marker="o" if s["method"] == "dense" else "s",
-                           color=points.get_facecolor()[0], label=s["method"])
-                ax.annotate(s["method"], (x, s[key]), textcoords="offset points", xytext=(6, 4), fontsize=8)
-        ax.set_xlabel("GMACs for 10 s of audio (large marker: mean over seeds)")
-        ax.set_ylabel(label)
-        ax.margins(x=0.25, y=0.12)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def time_against_dense(rows: List[Dict], manifests: Dict[str, str]) -> None:
-    """Speed-up and MAC ratio of every row against the dense baseline of its corpus and seed."""
-    for corpus in sorted({r["corpus"] for r in rows}):
-        for seed in sorted({r["seed"] for r in rows}):
-            group = [r for r in rows if r["corpus"] == corpus and r["seed"] == seed]
-            dense = next(r for r in group if r["method"] == "dense")
-            for r in group:
-                r["macs_ratio"] = r["macs"] / dense["macs"]
-            pruned = [r for r in group if r["macs_ratio"] < 0.999]
-            if pruned:
-                log(f"timing the exported {corpus} models of seed {seed} against the dense one (10 s, batch 1)")
-                for row, timing in zip(pruned, speedups(dense["checkpoint"], [r["checkpoint"] for r in pruned],
-                                                        manifests[corpus])):
-                    row.update(timing)
-
-
 def main(args: argparse.Namespace) -> List[Dict]:
     t0 = time.time()
     args = resolve_protocol(args)
@@ -217,8 +144,8 @@ def main(args: argparse.Namespace) -> List[Dict]:
         + (", one thread each" if threads else ""))
     rows = runs(args, manifests, threads)
     time_against_dense(rows, manifests)
-    summary = summarise(rows)
-    md = table(summary)
+    summary = summarise_seeds(rows)
+    md = demo_table(summary)
     minutes = round((time.time() - t0) / 60, 1)
     print("\n" + md + f"\n\n(total {minutes} min)")
     with open(os.path.join(args.results, "demo.json"), "w") as f:
@@ -230,7 +157,7 @@ def main(args: argparse.Namespace) -> List[Dict]:
                 f"min (protocol {args.protocol}: {args.updates} updates per run, pruning from the "
                 f"{args.prune_from} model" + (f", distillation weight {args.distill}" if args.distill else "")
                 + ").\n")
-    plot(summary, os.path.join(args.results, "accuracy_vs_gmacs.png"))
+    plot_accuracy_vs_gmacs(summary, os.path.join(args.results, "accuracy_vs_gmacs.png"))
     log(f"done in {minutes} min: results/demo.md, results/demo.json, results/arch-*.png, "
         "results/accuracy_vs_gmacs.png")
     return rows

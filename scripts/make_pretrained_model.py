@@ -21,14 +21,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
-from typing import Dict, List, Optional
+from typing import List
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mini import PY, REPO, log  # noqa: E402
-
-PRETRAINED_MODEL = os.path.join(REPO, "assets", "pretrained", "wav2vec2_mini.pt")
+from experiments.checkpoints import ship_checkpoint
+from experiments.common import PRETRAINED_MODEL, PY, REPO, command_env, log
+from experiments.corpora import prepare_unlabeled_corpus
+from experiments.fairseq_log import last_records
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -43,32 +42,13 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def prepare_corpus(work: str, utts: int, seed: int) -> str:
-    """The unlabeled corpus (synthesised once for these settings); returns its folder (holds the manifests)."""
-    corpus = os.path.join(work, "corpus")
-    stamp = corpus + ".done"
-    settings = {"utts": utts, "seed": seed}
-    if not (os.path.exists(stamp) and json.load(open(stamp)) == settings):
-        log(f"synthesising the unlabeled corpus ({utts} utterances) in {corpus}")
-        out = subprocess.run([PY, "manifests/unlabeled.py", "--out", corpus, "--utts", str(utts), "--seed",
-                              str(seed), "--overwrite"], cwd=REPO, text=True, capture_output=True)
-        if out.returncode != 0:
-            raise SystemExit(f"manifests/unlabeled.py failed: {out.stderr.strip().splitlines()[-1:]}")
-        print(out.stdout.strip(), flush=True)
-        with open(stamp, "w") as f:
-            json.dump(settings, f)
-    return corpus
-
-
 def pretrain(corpus: str, save: str, updates: int, seed: int, threads: int) -> None:
     """fairseq-hydra-train with the pre-training recipe; resumes from ``save``/checkpoint_last.pt when present.
     Its log is appended to ``save``/train.log."""
     cmd = [PY, "-m", "fairseq_cli.hydra_train", "--config-dir", "examples/mini", "--config-name", "pretraining",
            f"task.data={corpus}", f"optimization.max_update={updates}", f"common.seed={seed}",
            f"checkpoint.save_dir={save}", f"hydra.run.dir={save}/hydra"]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
+    env = command_env(threads)
     os.makedirs(save, exist_ok=True)
     with open(os.path.join(save, "train.log"), "a") as log_file:
         p = subprocess.run(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
@@ -76,19 +56,6 @@ def pretrain(corpus: str, save: str, updates: int, seed: int, threads: int) -> N
         with open(os.path.join(save, "train.log")) as f:
             tail = f.read()[-3000:]
         raise SystemExit(f"pre-training failed ({p.returncode}): {' '.join(cmd)}\n{tail}")
-
-
-def last_records(log_path: str) -> Dict[str, Optional[dict]]:
-    """The last training (``train_inner``/``train``) and validation records of a fairseq JSON log."""
-    found: Dict[str, Optional[dict]] = {"train": None, "valid": None}
-    with open(log_path) as f:
-        for line in f:
-            if "][INFO] - {" not in line:
-                continue
-            kind = "valid" if "[valid][INFO]" in line else "train" if "[train_inner][INFO]" in line else None
-            if kind:
-                found[kind] = json.loads(line.split(" - ", 1)[1])
-    return found
 
 
 def record_minutes(work: str, minutes: float, updates: int) -> List[dict]:
@@ -101,21 +68,6 @@ def record_minutes(work: str, minutes: float, updates: int) -> List[dict]:
     return runs
 
 
-def ship(save: str, out: str, provenance: dict) -> None:
-    """checkpoint_last.pt's weights in float16, no optimizer state, provenance added; written atomically."""
-    import torch
-
-    from fairseq_prune.checkpoints import save_atomic
-
-    state = torch.load(os.path.join(save, "checkpoint_last.pt"), weights_only=False)
-    state["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
-    state["last_optimizer_state"] = None
-    state["criterion"] = None
-    state["pretrained_model"] = provenance
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    save_atomic(state, out, force=True)
-
-
 def main(args: argparse.Namespace) -> None:
     t0 = time.time()
     save = os.path.join(args.work, "train")
@@ -123,11 +75,12 @@ def main(args: argparse.Namespace) -> None:
         shutil.rmtree(save, ignore_errors=True)
         if os.path.exists(os.path.join(args.work, "runs.json")):
             os.remove(os.path.join(args.work, "runs.json"))
-    corpus = prepare_corpus(args.work, args.utts, args.seed)
+    corpus = prepare_unlabeled_corpus(args.work, args.utts, args.seed)
     log(f"pre-training for {args.updates} updates in all (log: {save}/train.log; resumes when started again)")
     pretrain(corpus, save, args.updates, args.seed, args.threads)
     runs = record_minutes(args.work, (time.time() - t0) / 60, args.updates)
-    records = last_records(os.path.join(save, "train.log"))
+    with open(os.path.join(save, "train.log")) as f:
+        records = last_records(f)
     with open(os.path.join(corpus, "synthesis.json")) as f:
         synthesis = json.load(f)
     provenance = {
@@ -137,7 +90,7 @@ def main(args: argparse.Namespace) -> None:
         "corpus": {"utts": args.utts, "hours": synthesis["hours"]},
         "last_train": records["train"], "last_valid": records["valid"],
     }
-    ship(save, args.out, provenance)
+    ship_checkpoint(os.path.join(save, "checkpoint_last.pt"), args.out, "pretrained_model", provenance)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:  # the same provenance, readable without torch
         json.dump(provenance, f, indent=1)
     log(f"wrote {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MB): {json.dumps(provenance)}")

@@ -2,7 +2,7 @@
 
 No pretrained wav2vec2 can be downloaded here, so the demo starts from a small model made by this script:
 
-1. synthesise the mini LibriSpeech and mini SLURP corpora and write their manifests (scripts/mini.py);
+1. synthesise the mini LibriSpeech and mini SLURP corpora and write their manifests (experiments/corpora.py);
 2. join their *training* subsets into one manifest, with one letter + intent dictionary (dev subsets for
    validation; the test subsets are never seen);
 3. take the self-supervised mini wav2vec2 (``--init``, default ``assets/pretrained/wav2vec2_mini.pt``, made by
@@ -16,17 +16,15 @@ No pretrained wav2vec2 can be downloaded here, so the demo starts from a small m
     python scripts/make_start_model.py [--updates 3000] [--init random] [--work work/start_model]
 """
 import argparse
-import json
 import os
 import shutil
-import sys
 import time
 from collections import Counter
 
-import torch
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mini import MINI_W2V, PRETRAINED_MODEL, PY, REPO, START_MODEL, SUBSETS, log, prepare_corpora, run  # noqa: E402
+from experiments.checkpoints import ship_checkpoint, write_wav2vec2_checkpoint
+from experiments.common import MINI_W2V, PRETRAINED_MODEL, PY, REPO, START_MODEL, log, run
+from experiments.corpora import SUBSETS, prepare_corpora
+from experiments.fairseq_log import records
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -38,7 +36,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--init", default=PRETRAINED_MODEL,
                    help="the wav2vec2 pre-training checkpoint to fine-tune (default: the shipped self-supervised "
-                        "one), or 'random': a randomly initialised model of scripts/mini.py's MINI_W2V shape")
+                        "one), or 'random': a randomly initialised model of experiments/common.py's MINI_W2V shape")
     p.add_argument("--lr", type=float, default=0.0005, help="peak learning rate (tri-stage schedule)")
     p.add_argument("--max-tokens", type=int, default=320000, help="audio samples per batch")
     p.add_argument("--threads", type=int, default=0, help="torch threads of the training process (0: default)")
@@ -75,7 +73,7 @@ def join_training_manifests(manifests: dict, dest: str) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    from fairseq_prune.checkpoints import read_checkpoint, save_atomic, write_wav2vec2_checkpoint
+    from fairseq_prune.checkpoints import read_checkpoint
 
     t0 = time.time()
     manifests = prepare_corpora(args.corpora_work, seed=args.seed)
@@ -102,12 +100,8 @@ def main(args: argparse.Namespace) -> None:
                f"optimization.lr=[{args.lr}]", f"dataset.max_tokens={args.max_tokens}",
                f"checkpoint.save_dir={save}", f"hydra.run.dir={save}/hydra"],
               env={"OMP_NUM_THREADS": str(args.threads)} if args.threads else None, log_file=os.path.join(save, "train-resumed.log" if args.resume else "train.log"))
-    valid = [json.loads(line.split(" - ", 1)[1]) for line in out.splitlines() if "[valid][INFO] - {" in line]
-    state = torch.load(os.path.join(save, "checkpoint_best.pt"), weights_only=False)
-    state["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
-    state["last_optimizer_state"] = None
-    state["criterion"] = None
-    state["start_model"] = {
+    valid = records(out.splitlines(), "valid")
+    provenance = {
         "made_by": "scripts/make_start_model.py",
         "updates": args.updates,
         "seed": args.seed,
@@ -118,11 +112,10 @@ def main(args: argparse.Namespace) -> None:
         "valid": valid[-1] if valid else None,
         "minutes": round((time.time() - t0) / 60, 1),
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    save_atomic(state, args.out, force=True)
+    ship_checkpoint(os.path.join(save, "checkpoint_best.pt"), args.out, "start_model", provenance)
     shutil.copy(os.path.join(data, "dict.ltr.txt"), os.path.join(os.path.dirname(args.out), "dict.ltr.txt"))
-    log(f"wrote {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MB) in {state['start_model']['minutes']} min; "
-        f"last validation: {state['start_model']['valid']}")
+    log(f"wrote {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MB) in {provenance['minutes']} min; "
+        f"last validation: {provenance['valid']}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ accuracy-vs-computation comparison at small scale (WER on mini LibriSpeech, inte
 The same two protocols as `make demo`: --protocol finetuned (default) fine-tunes each corpus's dense baseline from
 the shipped fine-tuned start model and every pruning method prunes that dense model; --protocol paper fine-tunes
 the dense baseline from the self-supervised model (assets/pretrained) and every method prunes while fine-tuning
-from it, same updates. Each pruned model is exported and decodes the test subset (scripts/mini.py). Writes
+from it, same updates. Each pruned model is exported and decodes the test subset (experiments/runner.py). Writes
 results/study.json, results/study.md and results/study_accuracy_vs_gmacs.png.
 
     python scripts/study.py [--corpora librispeech slurp] [--updates 800] [--jobs 2] [--only LABEL ...]
@@ -12,16 +12,15 @@ results/study.json, results/study.md and results/study_accuracy_vs_gmacs.png.
 import argparse
 import json
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mini import (  # noqa: E402
-    PROTOCOLS, REPO, SUBSETS, add_pruning_args, log, match_start_dictionary, prepare_corpora, pruning_overrides,
-    pyplot, resolve_protocol, row_cells, run_method
-)
+from experiments.common import REPO, log
+from experiments.corpora import SUBSETS, match_start_dictionary, prepare_corpora
+from experiments.protocols import PROTOCOLS, add_pruning_args, pruning_overrides, resolve_protocol
+from experiments.report import plot_accuracy_vs_gmacs, study_table
+from experiments.runner import run_method
 
 # (label, recipe, criterion overrides): the paper's methods and baselines at 2-3 targets each
 RUNS = [
@@ -62,32 +61,6 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each (1: one at a time)")
     p.add_argument("--only", nargs="*", help="run only these labels (e.g. 'dense' 'HJ-MAC 0.5')")
     return p
-
-
-def plot(rows: List[Dict], path: str) -> None:
-    plt = pyplot()
-
-    corpora = sorted({r["corpus"] for r in rows})
-    fig, axes = plt.subplots(1, len(corpora), figsize=(6.5 * len(corpora), 4.5), squeeze=False)
-    for ax, corpus in zip(axes[0], corpora):
-        key, label = ("wer", "WER (%)") if corpus == "librispeech" else ("intent_accuracy", "intent accuracy (%)")
-        families = {}
-        for r in rows:
-            if r["corpus"] == corpus:
-                family = r["method"].rsplit(" ", 1)[0] if r["method"] != "dense" else "dense"
-                value = r.get("transcript_wer") if key == "wer" and r.get("transcript_wer") is not None else r[key]
-                families.setdefault(family, []).append((r["macs"] / 1e9, value))
-        for family, points in families.items():
-            points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=family)
-        ax.set_title(f"mini {corpus}: {label} vs computation")
-        ax.set_xlabel("GMACs for 10 s of audio")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(args: argparse.Namespace) -> List[Dict]:
@@ -131,15 +104,13 @@ def main(args: argparse.Namespace) -> List[Dict]:
         pruning = [(*job, prune_start(job[0], rows)) for job in jobs if job[1] != "dense"]
         rows += list(pool.map(one, pruning))
     minutes = round((time.time() - t0) / 60, 1)
-    lines = ["| corpus | method | params (M) | GMACs (10 s) | WER (test) | intent acc. (test) |", "|" + "---|" * 6]
-    lines += [f"| {r['corpus']} | {r['method']} | {row_cells(r)} |" for r in rows]
-    md = "\n".join(lines)
+    md = study_table(rows)
     print("\n" + md + f"\n\n(total {minutes} min)")
     with open(os.path.join(args.results, "study.json"), "w") as f:
         json.dump({"rows": rows, "minutes": minutes, "args": vars(args)}, f, indent=1)
     with open(os.path.join(args.results, "study.md"), "w") as f:
         f.write(md + f"\n\nMade by `make study` in {minutes} min ({args.updates} updates per run).\n")
-    plot(rows, os.path.join(args.results, "study_accuracy_vs_gmacs.png"))
+    plot_accuracy_vs_gmacs(rows, os.path.join(args.results, "study_accuracy_vs_gmacs.png"), by_target=True)
     return rows
 
 
