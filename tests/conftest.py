@@ -8,7 +8,7 @@ from helpers import SMALL_W2V, write_noise_corpus
 @pytest.fixture(scope="session")
 def small_w2v(tmp_path_factory) -> str:
     """A 2-layer wav2vec2 pre-training checkpoint in fairseq's format (random weights)."""
-    from fairseq_prune.checkpoints import write_wav2vec2_checkpoint
+    from experiments.checkpoints import write_wav2vec2_checkpoint
 
     path = str(tmp_path_factory.mktemp("w2v") / "small.pt")
     write_wav2vec2_checkpoint(path, SMALL_W2V, seed=0)

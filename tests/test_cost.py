@@ -5,7 +5,7 @@ from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from fairseq_prune.checkpoints import wav2vec2_pretraining_cfg
+from experiments.checkpoints import wav2vec2_pretraining_cfg
 from fairseq_prune.cost import (
     REFERENCE_SAMPLES,
     StructureCounts,

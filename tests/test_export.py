@@ -9,7 +9,8 @@ import torch
 from fairseq import checkpoint_utils
 
 import fairseq_prune  # noqa: F401 (registers the model for fairseq's loader)
-from fairseq_prune.checkpoints import PER_LAYER_SIZES, CheckpointError, write_wav2vec2_checkpoint
+from experiments.checkpoints import write_wav2vec2_checkpoint
+from fairseq_prune.checkpoints import PER_LAYER_SIZES, CheckpointError
 from fairseq_prune.export import load_gated
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
 from fairseq_prune.modules.hard_concrete import is_gate_key

@@ -15,7 +15,7 @@ from fairseq.data.data_utils import post_process
 pytest.importorskip("onnxruntime", reason="the ONNX path needs pip install -e '.[onnx]'")
 pytest.importorskip("onnx", reason="the ONNX path needs pip install -e '.[onnx]'")
 
-from fairseq_prune.checkpoints import wav2vec2_pretraining_cfg  # noqa: E402
+from experiments.checkpoints import wav2vec2_pretraining_cfg  # noqa: E402
 from fairseq_prune.cli import onnx as onnx_cli  # noqa: E402
 from fairseq_prune.decoding import greedy_units  # noqa: E402
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning  # noqa: E402
