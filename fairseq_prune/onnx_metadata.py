@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping
 
 from fairseq.data import Dictionary
 
-from .inference import blank_index, silence_index
+from .decoding import blank_index, silence_index
 from .intent import is_intent
 
 FORMAT_KEY = "fairseq_prune.format"

@@ -134,16 +134,14 @@ class FairseqOnnxAdapter:
 
 
 def decoding_task_cfg(task: Dict[str, Any], data: str, labels: str):
-    """The stored task config with the manifest folder and labels replaced and the fields that only shape
-    training batches reset, as ``fairseq_prune.inference.load_model`` does for a checkpoint."""
+    """The stored task config set up for decoding as a checkpoint's is (manifest folder and labels replaced, the
+    fields that only shape training batches reset: :func:`fairseq_prune.inference.loading.set_decoding_task`)."""
     from omegaconf import OmegaConf
 
+    from .inference.loading import set_decoding_task
+
     cfg = OmegaConf.create(task)
-    cfg.data = os.path.abspath(data)
-    cfg.labels = labels
-    cfg.max_sample_size = None
-    cfg.min_sample_size = None
-    cfg.num_batch_buckets = 0
+    set_decoding_task(cfg, data, labels)
     return cfg
 
 
@@ -155,7 +153,7 @@ def read_onnx_model(cfg) -> Tuple[Any, List[Any], Any]:
     from omegaconf import OmegaConf
 
     from .decode_inputs import InferenceError, check_audio, check_dictionary, check_manifest
-    from .inference import LoadedModel
+    from .inference.loading import LoadedModel
 
     try:
         model = OnnxCtcModel(cfg.path)

@@ -105,7 +105,7 @@ def no_loading(monkeypatch):
         raise AssertionError("the checkpoint was loaded before the output was checked")
 
     monkeypatch.setattr(export_cli, "load_gated", loaded)
-    monkeypatch.setattr("fairseq_prune.inference.read_ctc_checkpoint", loaded)
+    monkeypatch.setattr("fairseq_prune.inference.loop.read_ctc_checkpoint", loaded)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -291,7 +291,8 @@ def test_sigterm_and_kill_during_decoding(tmp_path, plain_ctc, corpus):
     and the next run into the same folder removes them (and no other file)."""
     results = tmp_path / "results"
     argv = (corpus, "--path", plain_ctc, "--results-path", results, "--cpu", "--quiet")
-    p = _start_hanging("fairseq_prune.inference", "emissions", "fairseq_prune.cli.infer", *argv, "--num-workers", "1")
+    p = _start_hanging("fairseq_prune.inference.loop", "emissions", "fairseq_prune.cli.infer", *argv,
+                       "--num-workers", "1")
     _wait_for_temp_files(results, p, 5)
     p.send_signal(signal.SIGTERM)
     out = p.communicate(timeout=60)[0]
@@ -299,7 +300,8 @@ def test_sigterm_and_kill_during_decoding(tmp_path, plain_ctc, corpus):
     assert out.strip().splitlines()[-1].endswith("terminated by SIGTERM; unfinished result files were removed")
     assert not results.exists()  # nor the folder it made for them
 
-    p = _start_hanging("fairseq_prune.inference", "emissions", "fairseq_prune.cli.infer", *argv, "--num-workers", "0")
+    p = _start_hanging("fairseq_prune.inference.loop", "emissions", "fairseq_prune.cli.infer", *argv,
+                       "--num-workers", "0")
     left = _wait_for_temp_files(results, p, 5)
     p.kill()
     p.communicate(timeout=60)

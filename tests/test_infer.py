@@ -20,7 +20,8 @@ import torch
 import fairseq_prune  # noqa: F401  (registers our model, task and safe globals)
 from fairseq_prune.cli import fairseq_infer as launcher
 from fairseq_prune.cli.infer import cli_main, get_parser, main
-from fairseq_prune.inference import RESULT_FILES, Scores, score_pairs
+from fairseq_prune.inference.results import RESULT_FILES
+from fairseq_prune.inference.scoring import Scores, score_pairs
 from fairseq_prune.intent import strip_intent
 from helpers import VENV_BIN, copy_manifest, hydra_train, run, write_noise_corpus
 from infer_fixtures import (

@@ -23,7 +23,7 @@ def decode(path: str, data: str, results: str, *args: str) -> dict:
 
 
 def assert_same_results(a: str, b: str) -> None:
-    from fairseq_prune.inference import RESULT_FILES
+    from fairseq_prune.inference.results import RESULT_FILES
 
     for name in RESULT_FILES:
         assert (open(os.path.join(a, name)).read() == open(os.path.join(b, name)).read()), name

@@ -7,21 +7,19 @@ Writes ``hypo.word``, ``hypo.units``, ``ref.word``, ``ref.units`` (fairseq's for
 ``summary.json`` to ``--results-path``; the last line printed is the summary. See docs/inference.md.
 """
 import argparse
+import dataclasses
 import logging
 import math
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Type, TypeVar
 
 from tqdm import tqdm
 
-from ..inference import (
-    POST_PROCESS_CHOICES,
-    BeamOptions,
-    InferenceConfig,
-    InferenceError,
-    run_inference,
-    summary_line,
-)
+from ..decode_inputs import InferenceError
+from ..decoding import BeamOptions
+from ..inference.config import POST_PROCESS_CHOICES, InferenceConfig
+from ..inference.loop import run_inference
+from ..inference.scoring import summary_line
 from ..safe_output import Terminated, sigterm_raises
 
 logger = logging.getLogger("fairseq_prune.infer")
@@ -29,12 +27,21 @@ logger = logging.getLogger("fairseq_prune.infer")
 
 def get_parser() -> argparse.ArgumentParser:
     """The command-line options (named after fairseq's, see ``--help``)."""
-    p = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="fairseq-prune-infer",
         description="Decode a fairseq manifest subset with a wav2vec2 CTC checkpoint (ours, exported or plain "
         "fairseq wav2vec_ctc); write fairseq infer.py's result files and print WER, intent accuracy, audio "
         "seconds, wall seconds and real-time factor.",
     )
+    add_data_options(parser)
+    add_run_options(parser)
+    add_lm_options(parser.add_argument_group(
+        "beam search with a KenLM language model (needs the flashlight-text package)"))
+    return parser
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """What is decoded, with what, and where the results go."""
     p.add_argument("data", help="manifest directory: {subset}.tsv, {subset}.{labels}, dict.{labels}.txt")
     p.add_argument("--path", required=True, help="model checkpoint (training checkpoint or exported model); with "
                    "--backend onnxruntime, an ONNX model written by fairseq-prune-onnx")
@@ -42,6 +49,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="label file extension (default: the checkpoint's task.labels)")
     p.add_argument("--results-path", default=None,
                    help="write hypo.word, hypo.units, ref.word, ref.units and summary.json here")
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Batching, device, backend, post-processing and output verbosity."""
     p.add_argument("--max-tokens", type=int, default=3000000,
                    help="max audio samples per batch, padding included; 0: no limit (default: %(default)s, as "
                    "fairseq's infer.yaml)")
@@ -58,7 +69,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no per-utterance HYPO/REF lines and no progress bar")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    lm = p.add_argument_group("beam search with a KenLM language model (needs the flashlight-text package)")
+
+def add_lm_options(lm: argparse._ArgumentGroup) -> None:
+    """The decoder and the beam search's options (the fields of :class:`~fairseq_prune.decoding.BeamOptions`)."""
     lm.add_argument("--decoder", choices=("viterbi", "kenlm"), default=None,
                     help="viterbi: greedy CTC; kenlm: lexicon beam search with --kenlm-model "
                     "(default: kenlm when --kenlm-model is given, else viterbi)")
@@ -73,7 +86,15 @@ def get_parser() -> argparse.ArgumentParser:
     lm.add_argument("--unk-weight", type=float, default=-math.inf,
                     help="score of unknown words (default: %(default)s)")
     lm.add_argument("--sil-weight", type=float, default=0.0, help="silence score (default: %(default)s)")
-    return p
+
+
+T = TypeVar("T")
+
+
+def from_args(cls: Type[T], args: argparse.Namespace, **computed: Any) -> T:
+    """Dataclass ``cls`` with each field taken from the option of the same name, except those in ``computed``."""
+    taken = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in computed}
+    return cls(**taken, **computed)
 
 
 def beam_options(args: argparse.Namespace) -> Optional[BeamOptions]:
@@ -86,36 +107,17 @@ def beam_options(args: argparse.Namespace) -> Optional[BeamOptions]:
     if not args.kenlm_model or not args.lexicon:
         missing = "--kenlm-model" if not args.kenlm_model else "--lexicon"
         raise InferenceError(f"beam-search decoding needs both --kenlm-model and --lexicon; {missing} is missing")
-    return BeamOptions(
-        kenlm_model=args.kenlm_model,
-        lexicon=args.lexicon,
-        beam=args.beam,
-        beam_threshold=args.beam_threshold,
-        beam_size_token=args.beam_size_token,
-        lm_weight=args.lm_weight,
-        word_score=args.word_score,
-        unk_weight=args.unk_weight,
-        sil_weight=args.sil_weight,
-    )
+    return from_args(BeamOptions, args)
 
 
 def config_from_args(args: argparse.Namespace) -> InferenceConfig:
-    return InferenceConfig(
-        data=args.data,
-        path=args.path,
-        gen_subset=args.gen_subset,
-        labels=args.labels,
-        results_path=args.results_path,
+    """The :class:`InferenceConfig` the options ask for (``--max-tokens 0``: no limit)."""
+    return from_args(
+        InferenceConfig,
+        args,
         max_tokens=args.max_tokens if args.max_tokens and args.max_tokens > 0 else None,
-        batch_size=args.batch_size,
-        cpu=args.cpu,
-        post_process=args.post_process,
-        seed=args.seed,
-        num_workers=args.num_workers,
         beam=beam_options(args),
-        quiet=args.quiet,
         progress=not args.no_progress,
-        backend=args.backend,
     )
 
 

@@ -32,6 +32,7 @@ EXPORTABLE = ("wav2vec2_ctc_pruning", "wav2vec_ctc")
 
 
 def get_parser() -> argparse.ArgumentParser:
+    """The command-line options (see ``--help``)."""
     p = argparse.ArgumentParser(
         prog="fairseq-prune-onnx",
         description="Write a wav2vec2 CTC checkpoint (exported by fairseq-prune-export, or fairseq's wav2vec_ctc) "
