@@ -1,21 +1,22 @@
-"""Helpers shared by the corpus scripts: staged (all-or-nothing) output, audio checks and conversion, letter
-labels, fairseq dictionaries, skip bookkeeping, progress bars and summaries."""
+"""Helpers shared by the corpus scripts: errors and signals, audio checks and conversion, letter labels, fairseq
+dictionaries, skip bookkeeping, progress bars and summaries. (Staged, all-or-nothing output:
+:mod:`manifests.staging`.)"""
 import argparse
 import contextlib
-import fcntl
 import os
 import re
 import signal
-import shutil
 import sys
-import tempfile
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import soundfile as sf
 from tqdm import tqdm
+
+if TYPE_CHECKING:  # manifests.staging imports this module
+    from manifests.staging import Staging
 
 #: the sample rate every manifest row must have
 SAMPLE_RATE = 16000
@@ -83,187 +84,6 @@ def _terminate_by_exception():
 def progress(items: Sequence, desc: str, unit: str = "file", total: Optional[int] = None):
     """A tqdm progress bar on stderr; disabled when stderr is not a terminal, so logs stay readable."""
     return tqdm(items, desc=desc, unit=unit, total=total, disable=None, file=sys.stderr, dynamic_ncols=True)
-
-
-# ----------------------------------------------------------------------------------------------- staged output
-
-
-#: temporary folders of :class:`Staging`: this prefix, 8 characters of ``tempfile``'s alphabet, and inside
-#: :data:`STAGING_LOCK`, locked (``flock``) by the process writing there for as long as it runs
-PARTIAL_RE = re.compile(r"^\.partial-[a-z0-9_]{8}$")
-STAGING_LOCK = ".staging-lock"
-#: lock file descriptors of this process's live :class:`Staging` folders
-_HELD_LOCKS: Set[int] = set()
-
-
-def _drop_inherited_locks() -> None:
-    """In a forked child (synthesis workers): close the copies of the staging locks, so that the lock ends with
-    the process that took it even when workers outlive it (``kill -9`` of the parent leaves them orphaned)."""
-    for fd in _HELD_LOCKS:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _HELD_LOCKS.clear()
-
-
-os.register_at_fork(after_in_child=_drop_inherited_locks)
-
-
-def check_dest(dest: str, overwrite: bool, replaces: str) -> None:
-    """Refuse an output folder that exists and is not empty unless ``overwrite`` (``--overwrite``);
-    ``replaces`` says what ``--overwrite`` replaces. Stale staging folders (:func:`sweep_stale_partials`) are
-    removed first: they do not make a folder non-empty."""
-    if os.path.exists(dest) and not os.path.isdir(dest):
-        raise ManifestError(f"{dest}: exists and is not a folder")
-    if os.path.isdir(dest):
-        sweep_stale_partials(dest)
-        if os.listdir(dest) and not overwrite:
-            raise ManifestError(f"{dest}: folder exists and is not empty (pass --overwrite to replace {replaces})")
-
-
-def add_dest_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--dest`` and ``--overwrite`` of the manifest scripts (:func:`check_manifest_dest` checks them)."""
-    parser.add_argument("--dest", required=True,
-                        help="output folder (created if missing; must be empty unless --overwrite)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into a --dest that is not empty, replacing its files of the same names "
-                             "(a dict.ltr.txt copied there too)")
-
-
-def check_manifest_dest(args: argparse.Namespace) -> None:
-    check_dest(args.dest, args.overwrite, replaces="its files of the same names")
-
-
-def sweep_stale_partials(folder: str) -> List[str]:
-    """Remove the :class:`Staging` folders in ``folder`` that a killed run left (``kill -9``, power loss): ours by
-    name and lock file, stale because no process holds their lock. Anything else, and a staging folder in use, is
-    left alone. Returns the names removed (each also reported on stdout)."""
-    removed = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if PARTIAL_RE.match(name) and not os.path.islink(path) and _lock_is_free(os.path.join(path, STAGING_LOCK)):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(name)
-            print(f"removed {path}: the partial output of an interrupted run", flush=True)
-    return removed
-
-
-def _lock_is_free(lock: str) -> bool:
-    """Whether ``lock`` exists and no process holds its ``flock`` (the one who did was killed)."""
-    try:
-        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:  # no lock file (not ours, or a folder being created right now)
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:  # held by a running process (or flock unsupported here: keep it)
-        return False
-    finally:
-        os.close(fd)
-
-
-def _locked_partial_folder(dest: str) -> Tuple[str, int]:
-    """A new ``.partial-*`` folder in ``dest`` and the descriptor of its locked lock file. The folder gets its
-    ``.partial-XXXXXXXX`` name only once the lock is held, so a sweep never sees it unlocked."""
-    new = tempfile.mkdtemp(prefix=".partial-", suffix=".new", dir=dest)
-    lock = os.open(os.path.join(new, STAGING_LOCK), os.O_WRONLY | os.O_CREAT, 0o600)
-    _HELD_LOCKS.add(lock)
-    with contextlib.suppress(OSError):  # no flock here: the folder is then never taken for stale
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    tmp = new[: -len(".new")]
-    os.rename(new, tmp)
-    return tmp, lock
-
-
-class Staging:
-    """All-or-nothing output into ``dest``: files and folders are written under a temporary folder inside
-    ``dest`` (``.partial-*``) and moved to their final names by :meth:`commit`. :meth:`abort` (called when the
-    ``with`` block raises, SIGTERM included: see :func:`run_or_exit`) removes everything written, and ``dest``
-    itself when this object created it. The temporary folder holds a lock for as long as this process lives, so
-    that a later run can tell one left by a killed run and remove it (:func:`sweep_stale_partials`)."""
-
-    def __init__(self, dest: str) -> None:
-        if os.path.exists(dest) and not os.path.isdir(dest):
-            raise ManifestError(f"{dest}: the destination exists and is not a folder")
-        self.dest = os.path.abspath(dest)
-        self._created = []
-        parent = self.dest
-        while not os.path.exists(parent):
-            self._created.append(parent)
-            parent = os.path.dirname(parent)
-        os.makedirs(self.dest, exist_ok=True)
-        sweep_stale_partials(self.dest)
-        self.tmp, self._lock = _locked_partial_folder(self.dest)
-        self._staged: List[Tuple[str, str]] = []
-
-    def final_path(self, name: str) -> str:
-        """Where ``name`` (relative to ``dest``) ends up after :meth:`commit`."""
-        return os.path.join(self.dest, name)
-
-    def file(self, name: str) -> str:
-        """A temporary path to write the file that will become ``dest/name``."""
-        staged = os.path.join(self.tmp, name)
-        os.makedirs(os.path.dirname(staged), exist_ok=True)
-        self._staged.append((staged, self.final_path(name)))
-        return staged
-
-    def folder(self, name: str) -> str:
-        """A temporary folder that will become ``dest/name`` (replacing an existing one) on commit; asking again for
-        the same name returns the same folder."""
-        staged = os.path.join(self.tmp, name)
-        if not os.path.isdir(staged):
-            os.makedirs(staged)
-            self._staged.append((staged, self.final_path(name)))
-        return staged
-
-    def commit(self) -> None:
-        """Move every staged file and folder to its final name (SIGTERM waits until all are moved), then remove
-        the temporary folder."""
-        with _sigterm_deferred():
-            for staged, final in self._staged:
-                if os.path.isdir(final) and not os.path.islink(final):
-                    shutil.rmtree(final)
-                os.makedirs(os.path.dirname(final), exist_ok=True)
-                os.replace(staged, final)
-        self._remove_tmp()
-
-    def abort(self) -> None:
-        """Remove everything written so far (and the folders this object created)."""
-        self._remove_tmp()
-        for folder in self._created:  # deepest first
-            try:
-                os.rmdir(folder)
-            except OSError:
-                break
-
-    def _remove_tmp(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        if self._lock is not None:
-            _HELD_LOCKS.discard(self._lock)
-            os.close(self._lock)
-            self._lock = None
-
-    def __enter__(self) -> "Staging":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
-
-
-@contextlib.contextmanager
-def _sigterm_deferred():
-    """SIGTERM is held back (delivered when the block ends) in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 # ----------------------------------------------------------------------------------------------- audio
@@ -344,6 +164,39 @@ def convert_audio(src: str, dst: str) -> int:
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     sf.write(dst, mono, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
     return int(mono.shape[0])
+
+
+def add_audio_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--resample``, ``--mix-down`` and ``--verify-audio`` of the manifest scripts (:func:`audio_policy`)."""
+    parser.add_argument("--resample", action="store_true",
+                        help="resample non-16 kHz audio with torchaudio into DEST/converted/ (default: error)")
+    parser.add_argument("--mix-down", action="store_true",
+                        help="average multi-channel audio into mono in DEST/converted/ (default: error)")
+    parser.add_argument("--verify-audio", action="store_true",
+                        help="decode every file completely (finds truncated files; default: read headers only)")
+
+
+def audio_policy(args: argparse.Namespace) -> AudioPolicy:
+    """The :class:`AudioPolicy` of the options :func:`add_audio_arguments` added."""
+    return AudioPolicy(resample=args.resample, mix_down=args.mix_down, verify=args.verify_audio)
+
+
+def audio_row(path: str, rel: str, converted: Tuple[str, str], policy: AudioPolicy, skips: "Skips",
+              staging: "Staging") -> Optional[Tuple[str, int]]:
+    """The ``.tsv`` path and sample count of audio file ``path``, listed as ``rel`` when it is 16 kHz mono. Other
+    audio is converted to FLAC at ``converted`` = (folder, name), both relative to the destination (the folder
+    is staged as a whole; the name's extension becomes ``.flac``), and listed by its final path. ``None`` (a
+    skip) for a file without samples."""
+    info = inspect_audio(path, policy)
+    if info.frames == 0:
+        skips.add("audio without samples", path)
+        return None
+    if not info.conversions():
+        return rel, info.frames
+    folder, name = converted
+    flac = os.path.splitext(name)[0] + ".flac"
+    frames = convert_audio(path, os.path.join(staging.folder(folder), flac))
+    return staging.final_path(os.path.join(folder, flac)), frames
 
 
 def _one_line(error: BaseException) -> str:

@@ -22,14 +22,12 @@ from manifests.common import (  # noqa: E402
     AudioPolicy,
     ManifestError,
     Skips,
-    Staging,
     SubsetStats,
-    add_dest_arguments,
-    check_manifest_dest,
-    convert_audio,
+    add_audio_arguments,
+    audio_policy,
+    audio_row,
     count_units,
     dictionary_lines,
-    inspect_audio,
     letter_units,
     outside_letter_set,
     progress,
@@ -37,6 +35,7 @@ from manifests.common import (  # noqa: E402
     summary_lines,
     write_lines,
 )
+from manifests.staging import Staging, add_dest_arguments, check_manifest_dest  # noqa: E402
 
 AUDIO_EXT = "flac"
 TRANS_SUFFIX = ".trans.txt"
@@ -66,12 +65,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--dict-subset", default=None,
                    help="subset whose letters make dict.ltr.txt (default: the first subset whose name starts "
                         "with 'train', else the first subset)")
-    p.add_argument("--resample", action="store_true",
-                   help="resample non-16 kHz audio with torchaudio into DEST/converted/ (default: error)")
-    p.add_argument("--mix-down", action="store_true",
-                   help="average multi-channel audio into mono in DEST/converted/ (default: error)")
-    p.add_argument("--verify-audio", action="store_true",
-                   help="decode every file completely (finds truncated files; default: read headers only)")
+    add_audio_arguments(p)
     p.add_argument("--strict", action="store_true",
                    help="make every skipped utterance (see README) an error")
     return p
@@ -162,15 +156,10 @@ def prepare_subset(root: str, subset: str, policy: AudioPolicy, skips: Skips, st
         if bad:
             skips.add("characters outside the letter set A-Z '", f"{texts[utt].where} ({bad!r})")
             continue
-        info = inspect_audio(path, policy)
-        if info.frames == 0:
-            skips.add("audio without samples", where)
+        row = audio_row(path, rel, (os.path.join("converted", subset), rel), policy, skips, staging)
+        if row is None:
             continue
-        frames = info.frames
-        if info.conversions():
-            flac = os.path.splitext(rel)[0] + ".flac"
-            frames = convert_audio(path, os.path.join(staging.folder(os.path.join("converted", subset)), flac))
-            rel = staging.final_path(os.path.join("converted", subset, flac))
+        rel, frames = row
         out.tsv.append(f"{rel}\t{frames}")
         out.wrd.append(" ".join(words))
         out.ltr.append(letter_units(words))
@@ -205,7 +194,7 @@ def run(args: argparse.Namespace) -> List[str]:
         raise ManifestError(f"a subset is given twice: {' '.join(args.subsets)}")
     dict_subset = choose_dict_subset(args.subsets, args.dict_subset)
     check_manifest_dest(args)
-    policy = AudioPolicy(resample=args.resample, mix_down=args.mix_down, verify=args.verify_audio)
+    policy = audio_policy(args)
     skips = Skips(strict=args.strict)
     with Staging(args.dest) as staging:
         outputs = [prepare_subset(args.root, s, policy, skips, staging) for s in args.subsets]

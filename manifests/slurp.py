@@ -32,14 +32,12 @@ from manifests.common import (  # noqa: E402
     AudioPolicy,
     ManifestError,
     Skips,
-    Staging,
     SubsetStats,
-    add_dest_arguments,
-    check_manifest_dest,
-    convert_audio,
+    add_audio_arguments,
+    audio_policy,
+    audio_row,
     count_units,
     dictionary_lines,
-    inspect_audio,
     letter_units,
     outside_letter_set,
     progress,
@@ -47,6 +45,7 @@ from manifests.common import (  # noqa: E402
     summary_lines,
     write_lines,
 )
+from manifests.staging import Staging, add_dest_arguments, check_manifest_dest  # noqa: E402
 
 SPLITS = ("train", "devel", "test")
 #: output split -> (jsonl file, audio folder) sources in order
@@ -90,12 +89,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=None, help="sentencepiece vocabulary size (with --unit spm)")
     p.add_argument("--spm-type", choices=("unigram", "bpe", "char"), default="unigram",
                    help="sentencepiece model type (default unigram)")
-    p.add_argument("--resample", action="store_true",
-                   help="resample non-16 kHz audio with torchaudio into DEST/converted/ (default: error)")
-    p.add_argument("--mix-down", action="store_true",
-                   help="average multi-channel audio into mono in DEST/converted/ (default: error)")
-    p.add_argument("--verify-audio", action="store_true",
-                   help="decode every file completely (finds truncated files; default: read headers only)")
+    add_audio_arguments(p)
     p.add_argument("--strict", action="store_true", help="make every skipped recording (see README) an error")
     return p
 
@@ -208,16 +202,10 @@ def prepare_split(split: str, sources: List[Tuple[List[Utterance], str]], audio_
             skips.add("unknown recording file (not in the audio folder)", f"{utt.where} {rel}")
             continue
         seen.add(rel)
-        info = inspect_audio(path, policy)
-        if info.frames == 0:
-            skips.add("audio without samples", path)
+        row = audio_row(path, rel, (os.path.join("converted", sub), fname), policy, skips, staging)
+        if row is None:
             continue
-        frames = info.frames
-        if info.conversions():
-            name = os.path.join("converted", sub)
-            flac = os.path.splitext(fname)[0] + ".flac"
-            frames = convert_audio(path, os.path.join(staging.folder(name), flac))
-            rel = staging.final_path(os.path.join(name, flac))
+        rel, frames = row
         out.rows.append(Row(rel, frames, utt.intent, words))
         out.stats.rows += 1
         out.stats.frames += frames
@@ -290,7 +278,7 @@ def run(args: argparse.Namespace) -> List[str]:
     for split in splits:
         sources[split] = [(read_jsonl(os.path.join(jsonl_dir, name)), sub) for name, sub in SOURCES[split]
                           if not (args.no_synthetic and name == "train_synthetic.jsonl")]
-    policy = AudioPolicy(resample=args.resample, mix_down=args.mix_down, verify=args.verify_audio)
+    policy = audio_policy(args)
     skips = Skips(strict=args.strict)
     intent_only = args.labels == "intent"
     seen: Set[str] = set()

@@ -14,29 +14,22 @@ and the same audio bytes (espeak-ng is bit-stable; the worker count does not mat
 import argparse
 import functools
 import json
-import multiprocessing
 import os
 import random
-import shutil
-import struct
-import subprocess
 import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from math import gcd
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
-
-import numpy as np
-import soundfile as sf
+from typing import Callable, Dict, List, Tuple, TypeVar
 
 if __package__ in (None, ""):  # run as a file: make ``manifests`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from manifests import synth_text  # noqa: E402
-from manifests.common import SAMPLE_RATE, ManifestError, Staging, check_dest, progress, run_or_exit  # noqa: E402
+from manifests.common import SAMPLE_RATE, ManifestError, run_or_exit  # noqa: E402
+from manifests.espeak import Job, espeak_version, run_jobs  # noqa: E402
+from manifests.staging import Staging, check_dest  # noqa: E402
 
-ESPEAK = "espeak-ng"
 #: English voices of espeak-ng 1.51 that take a ``+variant`` (``en-gb+variant`` ignores the variant; ``en`` is
 #: the same British voice and does not)
 VOICES = ("en-us", "en", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-gb-x-rp", "en-029", "en-us-nyc")
@@ -58,7 +51,6 @@ PITCH_RANGE = (25, 75)  # 0-99 (default 50)
 PEAK_RANGE = (0.35, 0.9)  # peak sample level after scaling
 
 LIBRI_SUBSETS = ("train-clean-100", "dev-clean", "test-clean")
-SLURP_SPLITS = ("train", "devel", "test")
 DEFAULTS = {
     "librispeech": dict(train_utts=1800, dev_utts=180, test_utts=180, synthetic_utts=0),
     "slurp": dict(train_utts=1000, dev_utts=120, test_utts=120, synthetic_utts=200),
@@ -84,18 +76,6 @@ class Speaker:
 
     def describe(self) -> str:
         return f"espeak-ng -v {self.espeak_voice} -s {self.speed} -p {self.pitch}"
-
-
-@dataclass(frozen=True)
-class Job:
-    """One utterance to synthesise: text as spoken, speaker settings, output path."""
-
-    text: str
-    voice: str
-    speed: int
-    pitch: int
-    peak: float
-    path: str
 
 
 @dataclass
@@ -306,89 +286,6 @@ def _settings_json(layout: str, sizes: Dict[str, int], speakers: Dict[str, List[
         "espeak_ng": espeak_version(),
         "speakers": [asdict(s) for split in ("train", "dev", "test") for s in speakers[split]],
     }, indent=1) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------- synthesis
-
-
-def espeak_version() -> str:
-    """``espeak-ng --version`` without its data path; raises a clear error when espeak-ng is missing."""
-    if shutil.which(ESPEAK) is None:
-        raise ManifestError(f"{ESPEAK} not found on PATH: install it (apt-get install espeak-ng; "
-                            "scripts/setup_env.sh does this)")
-    out = subprocess.run([ESPEAK, "--version"], capture_output=True, text=True, check=False).stdout
-    return out.split("Data at")[0].strip()
-
-
-def parse_wav(data: bytes) -> Tuple[int, np.ndarray]:
-    """Sample rate and int16 samples of the mono 16-bit PCM WAV espeak-ng writes to stdout (its size fields are
-    placeholders there, so the data chunk runs to the end)."""
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise ValueError("espeak-ng did not write a WAV file")
-    pos, rate = 12, None
-    while pos + 8 <= len(data):
-        chunk, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
-        if chunk == b"fmt ":
-            fmt, channels, rate = struct.unpack("<HHI", data[pos + 8:pos + 16])
-            bits = struct.unpack("<H", data[pos + 22:pos + 24])[0]
-            if (fmt, channels, bits) != (1, 1, 16):
-                raise ValueError(f"unexpected WAV format {fmt}, {channels} channels, {bits} bits")
-        elif chunk == b"data":
-            if rate is None:
-                raise ValueError("WAV data before its format chunk")
-            body = data[pos + 8:]
-            return rate, np.frombuffer(body[:len(body) // 2 * 2], dtype="<i2")
-        pos += 8 + size + (size & 1)
-    raise ValueError("WAV file without data")
-
-
-def synthesize(job: Job) -> int:
-    """Run espeak-ng for one job, write 16 kHz 16-bit FLAC; returns the number of samples."""
-    from scipy.signal import resample_poly
-
-    cmd = [ESPEAK, "-v", job.voice, "-s", str(job.speed), "-p", str(job.pitch), "--stdout", job.text]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}: {proc.stderr.decode(errors='replace')}")
-    rate, pcm = parse_wav(proc.stdout)
-    if pcm.size == 0 or not pcm.any():
-        raise RuntimeError(f"{' '.join(cmd)} produced no sound")
-    g = gcd(SAMPLE_RATE, rate)
-    audio = resample_poly(pcm.astype(np.float64) / 32768.0, SAMPLE_RATE // g, rate // g)
-    audio *= job.peak / np.abs(audio).max()
-    os.makedirs(os.path.dirname(job.path), exist_ok=True)
-    sf.write(job.path, audio.astype(np.float32), SAMPLE_RATE, subtype="PCM_16", format="FLAC")
-    return int(audio.shape[0])
-
-
-def _synthesize_safely(job: Job) -> Tuple[str, int, Optional[str]]:
-    try:
-        return job.path, synthesize(job), None
-    except Exception as e:  # reported by the parent with the file it was for
-        return job.path, 0, f"{type(e).__name__}: {e}"
-
-
-def run_jobs(jobs: Sequence[Job], workers: int, shown: Callable[[str], str] = str) -> Dict[str, int]:
-    """Synthesise every job (in ``workers`` processes); returns samples per path. ``shown`` maps a job's (temporary)
-    path to the name an error message gives."""
-    frames: Dict[str, int] = {}
-    if workers == 1:
-        results = map(_synthesize_safely, jobs)
-        pool = None
-    else:
-        methods = multiprocessing.get_all_start_methods()
-        pool = multiprocessing.get_context("fork" if "fork" in methods else None).Pool(workers)
-        results = pool.imap(_synthesize_safely, jobs, chunksize=4)
-    try:
-        for path, n, error in progress(results, desc="synthesizing", unit="utt", total=len(jobs)):
-            if error is not None:
-                raise ManifestError(f"{shown(path)}: synthesis failed ({error})")
-            frames[path] = n
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-    return frames
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -31,10 +31,12 @@ if __package__ in (None, ""):  # run as a file: make ``manifests`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from manifests import synth_text  # noqa: E402
-from manifests.common import SAMPLE_RATE, ManifestError, Staging, run_or_exit, write_lines  # noqa: E402
+from manifests.common import SAMPLE_RATE, ManifestError, run_or_exit, write_lines  # noqa: E402
+from manifests.espeak import Job, espeak_version, run_jobs  # noqa: E402
+from manifests.staging import Staging  # noqa: E402
 from manifests.synthesize import (  # noqa: E402
-    DEFAULTS, PEAK_RANGE, PITCH_RANGE, SPEAKER_DEFAULTS, SPEED_RANGE, VARIANTS, VOICES, Job, Speaker, check_out,
-    espeak_version, plan_librispeech, plan_slurp, run_jobs, unique_item
+    DEFAULTS, PEAK_RANGE, PITCH_RANGE, SPEAKER_DEFAULTS, SPEED_RANGE, VARIANTS, VOICES, Speaker, check_out,
+    plan_librispeech, plan_slurp, unique_item
 )
 
 #: share of the utterances that are spoken commands (the rest are read-speech sentences)

@@ -25,7 +25,7 @@ from manifest_fixtures import (  # noqa: F401  (fixtures)
     snapshot,
 )
 from manifests import librispeech
-from manifests.common import PARTIAL_RE, Staging, sweep_stale_partials
+from manifests.staging import PARTIAL_RE, Staging, sweep_stale_partials
 
 TRAIN = "train-clean-100"
 

@@ -23,7 +23,7 @@ from manifest_fixtures import (  # noqa: F401  (fixtures)
     slurp_corpus,
     snapshot,
 )
-from manifests import synth_text, synthesize
+from manifests import espeak, synth_text, synthesize
 
 TINY = {
     "librispeech": ["--train-utts", "6", "--dev-utts", "2", "--test-utts", "2",
@@ -56,10 +56,10 @@ def test_same_seed_same_bytes_any_worker_count(layout, tmp_path):
 
 def test_parse_wav_reads_espeak_output():
     wav = subprocess.run(["espeak-ng", "-v", "en-us", "--stdout", "hello"], capture_output=True, check=True).stdout
-    rate, pcm = synthesize.parse_wav(wav)
+    rate, pcm = espeak.parse_wav(wav)
     assert rate == 22050 and pcm.dtype == np.dtype("<i2") and pcm.size > rate // 4
     with pytest.raises(ValueError):
-        synthesize.parse_wav(b"RIFF\x00\x00\x00\x00WAVEdata")
+        espeak.parse_wav(b"RIFF\x00\x00\x00\x00WAVEdata")
 
 
 def _flacs(folder):
@@ -200,7 +200,7 @@ def test_refuses_a_non_empty_out_unless_overwrite(tmp_path, capsys):
 
 
 def test_failure_midway_leaves_nothing(tmp_path, capsys, monkeypatch):
-    real = synthesize.synthesize
+    real = espeak.synthesize
     calls = []
 
     def flaky(job):
@@ -209,7 +209,7 @@ def test_failure_midway_leaves_nothing(tmp_path, capsys, monkeypatch):
             raise RuntimeError("espeak-ng crashed")
         return real(job)
 
-    monkeypatch.setattr(synthesize, "synthesize", flaky)
+    monkeypatch.setattr(espeak, "synthesize", flaky)
     out = tmp_path / "sub" / "corpus"
     code, _, err = call(synthesize, ["--layout", "slurp", "--out", str(out), "--workers", "1"] + TINY["slurp"], capsys)
     line = assert_one_error(code, err, "synthesis failed", "espeak-ng crashed")
@@ -235,7 +235,7 @@ def test_sigterm_stops_workers_and_leaves_nothing(tmp_path):
 
 
 def test_missing_espeak_ng(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(synthesize, "ESPEAK", "espeak-ng-not-installed")
+    monkeypatch.setattr(espeak, "ESPEAK", "espeak-ng-not-installed")
     code, _, err = call(synthesize, ["--layout", "slurp", "--out", str(tmp_path / "c")], capsys)
     assert_one_error(code, err, "espeak-ng-not-installed", "not found", "apt-get install espeak-ng")
     assert os.listdir(tmp_path) == []
