@@ -3,7 +3,7 @@ import argparse
 import contextlib
 import os
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -12,6 +12,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import DictConfig, open_dict
 
 from .errors import CheckpointError, load_error_line
+from .layer_sizes import LayerSizes
 from .modules.hard_concrete import is_gate_key
 from .safe_output import new_temp_file
 
@@ -21,8 +22,8 @@ from .safe_output import new_temp_file
 PRETRAINED_KINDS = ("wav2vec2", "hubert")
 FINETUNED_KINDS = ("wav2vec_ctc", "hubert_ctc", "wav2vec2_ctc_pruning")
 SUPPORTED_KINDS = "wav2vec2, wav2vec_ctc, hubert, hubert_ctc, or a wav2vec2_ctc_pruning one without gates"
-#: the per-layer size fields of an exported model's ``cfg.model``
-PER_LAYER_SIZES = ("conv_channels", "attention_heads", "ffn_units")
+#: the per-layer size fields of an exported model's ``cfg.model`` (and keys of its ``pruning_summary``)
+PER_LAYER_SIZES = LayerSizes.names()
 _FINETUNED_PREFIX = "w2v_encoder.w2v_model."
 _PROJ_PREFIX = "w2v_encoder.proj."
 
@@ -89,9 +90,8 @@ class W2vSource:
     w2v_args: DictConfig
     model_state: Dict[str, torch.Tensor]
     proj_state: Optional[Dict[str, torch.Tensor]] = None
-    #: an exported (pruned) model's per-layer sizes (``conv_channels``, ``attention_heads``, ``ffn_units``);
-    #: empty for a dense model
-    sizes: Dict[str, List[int]] = field(default_factory=dict)
+    #: an exported (pruned) model's per-layer sizes; ``None`` for a dense model
+    sizes: Optional[LayerSizes] = None
 
 
 def load_w2v_source(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -> W2vSource:
@@ -103,7 +103,7 @@ def load_w2v_source(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -
 
     state = read_checkpoint(path, arg_overrides)
     name = model_name(state)
-    sizes = {}
+    sizes = None
     proj_state = None
     if name in PRETRAINED_KINDS:
         w2v_args = state["cfg"]
@@ -139,18 +139,18 @@ def load_w2v_source(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -
     return W2vSource(path, name, w2v_args, model_state, proj_state, sizes)
 
 
-def _gate_free_sizes(path: str, state: Dict[str, Any]) -> Dict[str, List[int]]:
+def _gate_free_sizes(path: str, state: Dict[str, Any]) -> Optional[LayerSizes]:
     """A ``wav2vec2_ctc_pruning`` checkpoint is a start point only without gates (a pruning run in progress
     continues with ``checkpoint.restore_file``, or is exported first). Returns its per-layer sizes: those of an
-    exported model, empty for a dense one."""
+    exported model, ``None`` for a dense one."""
     gates = [k for k in state["model"] if is_gate_key(k)]
     if gates:
         raise CheckpointError(
             f"{path}: this wav2vec2_ctc_pruning checkpoint holds hard concrete gates ({gates[0]}, ...): continue "
             "its run with checkpoint.restore_file, or export it with fairseq-prune-export"
         )
-    model_cfg = state["cfg"].model
-    return {k: [int(n) for n in model_cfg[k]] for k in PER_LAYER_SIZES if model_cfg.get(k, None)}
+    sizes = LayerSizes.from_cfg(state["cfg"].model)
+    return sizes if sizes.as_dict(skip_empty=True) else None
 
 
 def new_file_mode() -> int:
@@ -225,4 +225,3 @@ def save_atomic(obj: Any, path: str, force: bool = False) -> None:
         raise FileExistsError(f"{path} exists; pass --force to overwrite it")
     with atomic_output(path, ".pt") as tmp:
         torch.save(obj, tmp)
-

@@ -14,60 +14,29 @@ scaled-dot-product attention. Normalisations, activations and softmax are not co
 tensors the model stores (the weight-normed positional convolution stores ``weight_v`` and ``weight_g``),
 gates excluded.
 """
-import ast
 import math
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
-import torch
-
-Number = Union[int, float, torch.Tensor]
+from .layer_sizes import LayerSizes, Number, parse_conv_layers
 
 #: 10 s of 16 kHz audio: the default reference input for MAC budgets and reports.
 REFERENCE_SAMPLES = 160_000
-
-
-def parse_conv_layers(spec: str) -> List[Tuple[int, int, int]]:
-    """Parse fairseq's ``conv_feature_layers`` string, e.g. ``"[(512, 10, 5)] + [(512, 3, 2)] * 4"``,
-    without ``eval``: only list/tuple literals of integers, ``+`` and ``*`` are accepted."""
-
-    def ev(node):
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, (ast.List, ast.Tuple)):
-            items = [ev(e) for e in node.elts]
-            return items if isinstance(node, ast.List) else tuple(items)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-            a, b = ev(node.left), ev(node.right)
-            return a + b if isinstance(node.op, ast.Add) else a * b
-        raise ValueError(f"unsupported element {ast.dump(node)}")
-
-    try:
-        layers = ev(ast.parse(spec, mode="eval"))
-    except (SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot parse conv_feature_layers {spec!r}: {e}") from None
-    if not isinstance(layers, list) or not all(
-        isinstance(t, tuple) and len(t) == 3 and all(isinstance(v, int) for v in t) for t in layers
-    ):
-        raise ValueError(f"conv_feature_layers must be a list of (dim, kernel, stride) tuples, got {spec!r}")
-    return layers
 
 
 @dataclass(frozen=True)
 class Wav2Vec2Shape:
     """The sizes of a wav2vec2 CTC model that its cost depends on.
 
-    Mirrors fairseq's ``Wav2Vec2Config``: ``conv_*`` come from ``conv_feature_layers`` (with per-layer
-    output channels possibly pruned), ``extractor_mode``/``conv_bias`` as in fairseq, ``embed_dim`` is
-    ``encoder_embed_dim``, ``pos_conv_*`` are ``conv_pos``/``conv_pos_groups``, ``head_dim`` is
-    ``encoder_embed_dim // encoder_attention_heads`` of the original model, ``heads``/``ffn_units`` the
-    per-layer attention heads and FFN units (0: only the block's output bias is left), ``vocab_size`` the
-    CTC output size (0: no output projection), ``seq_len_multiple`` is ``required_seq_len_multiple``.
+    Mirrors fairseq's ``Wav2Vec2Config``: ``conv_*`` come from ``conv_feature_layers``, ``extractor_mode``/
+    ``conv_bias`` as in fairseq, ``embed_dim`` is ``encoder_embed_dim``, ``pos_conv_*`` are ``conv_pos``/
+    ``conv_pos_groups``, ``head_dim`` is ``encoder_embed_dim // encoder_attention_heads`` of the original model,
+    ``sizes`` the per-layer conv channels, attention heads and FFN units (possibly pruned; 0 heads or units: only
+    the block's output bias is left), ``vocab_size`` the CTC output size (0: no output projection),
+    ``seq_len_multiple`` is ``required_seq_len_multiple``.
     """
 
-    conv_channels: Tuple[int, ...]
+    sizes: LayerSizes
     conv_kernels: Tuple[int, ...]
     conv_strides: Tuple[int, ...]
     conv_bias: bool
@@ -77,37 +46,17 @@ class Wav2Vec2Shape:
     pos_conv_kernel: int
     pos_conv_groups: int
     head_dim: int
-    heads: Tuple[int, ...]
-    ffn_units: Tuple[int, ...]
     vocab_size: int = 0
     seq_len_multiple: int = 1
 
     @classmethod
-    def from_w2v_cfg(
-        cls,
-        w2v_cfg,
-        conv_channels: Optional[Sequence[int]] = None,
-        heads: Optional[Sequence[int]] = None,
-        ffn_units: Optional[Sequence[int]] = None,
-        vocab_size: int = 0,
-    ) -> "Wav2Vec2Shape":
-        """Shape of a fairseq ``Wav2Vec2Config`` (``w2v_args.model``), optionally at pruned sizes."""
+    def from_w2v_cfg(cls, w2v_cfg, sizes: Optional[LayerSizes] = None, vocab_size: int = 0) -> "Wav2Vec2Shape":
+        """Shape of a fairseq ``Wav2Vec2Config`` (``w2v_args.model``), optionally at pruned ``sizes`` (empty
+        fields: the dense sizes)."""
         layers = parse_conv_layers(w2v_cfg.conv_feature_layers)
-        n_layers = w2v_cfg.encoder_layers
         D = w2v_cfg.encoder_embed_dim
-        H = w2v_cfg.encoder_attention_heads
-        conv_channels = tuple(conv_channels) if conv_channels else tuple(c for c, _, _ in layers)
-        heads = tuple(heads) if heads else (H,) * n_layers
-        ffn_units = tuple(ffn_units) if ffn_units else (w2v_cfg.encoder_ffn_embed_dim,) * n_layers
-        if len(conv_channels) != len(layers):
-            raise ValueError(f"conv_channels has {len(conv_channels)} entries for {len(layers)} conv layers")
-        if len(heads) != n_layers or len(ffn_units) != n_layers:
-            raise ValueError(
-                f"per-layer lists must have encoder_layers={n_layers} entries: "
-                f"attention_heads has {len(heads)}, ffn_units has {len(ffn_units)}"
-            )
         return cls(
-            conv_channels=conv_channels,
+            sizes=(sizes or LayerSizes()).resolve(LayerSizes.dense(w2v_cfg)),
             conv_kernels=tuple(k for _, k, _ in layers),
             conv_strides=tuple(s for _, _, s in layers),
             conv_bias=bool(w2v_cfg.conv_bias),
@@ -116,9 +65,7 @@ class Wav2Vec2Shape:
             feature_proj=layers[-1][0] != D,
             pos_conv_kernel=w2v_cfg.conv_pos,
             pos_conv_groups=w2v_cfg.conv_pos_groups,
-            head_dim=D // H,
-            heads=heads,
-            ffn_units=ffn_units,
+            head_dim=D // w2v_cfg.encoder_attention_heads,
             vocab_size=vocab_size,
             seq_len_multiple=getattr(w2v_cfg, "required_seq_len_multiple", 1) or 1,
         )
@@ -135,19 +82,6 @@ class Wav2Vec2Shape:
 
 
 @dataclass
-class StructureCounts:
-    """How many units each prunable structure keeps: ints (exact) or tensors (expected)."""
-
-    conv: List[Number]
-    heads: List[Number]
-    ffn: List[Number]
-
-    @classmethod
-    def of(cls, shape: Wav2Vec2Shape) -> "StructureCounts":
-        return cls(list(shape.conv_channels), list(shape.heads), list(shape.ffn_units))
-
-
-@dataclass
 class Cost:
     params: Number = 0
     macs: Number = 0
@@ -157,23 +91,24 @@ class Cost:
 
 
 def cost_breakdown(
-    shape: Wav2Vec2Shape, num_samples: int = REFERENCE_SAMPLES, counts: Optional[StructureCounts] = None
+    shape: Wav2Vec2Shape, num_samples: int = REFERENCE_SAMPLES, counts: Optional[LayerSizes] = None
 ) -> Dict[str, Cost]:
-    """Cost per component for one utterance of ``num_samples`` samples.
+    """Cost per component for one utterance of ``num_samples`` samples, at the sizes of ``shape`` or at
+    ``counts`` (e.g. the expected sizes under the gates).
 
     Components: ``conv.{i}`` (conv weights, bias, and the norm of the block), ``feature_norm``,
     ``feature_proj``, ``mask_emb``, ``pos_conv``, ``encoder_norm``, and per Transformer layer
     ``layers.{l}.attention`` (q, k, v, out projections), ``layers.{l}.attention_products`` (QK^T and AV),
     ``layers.{l}.ffn``, ``layers.{l}.norms``; ``ctc_proj`` when ``vocab_size > 0``.
     """
-    counts = counts or StructureCounts.of(shape)
+    counts = counts or shape.sizes
     D, hd = shape.embed_dim, shape.head_dim
     frames = shape.conv_frames(num_samples)
     out: Dict[str, Cost] = {}
 
     c_in: Number = 1
     for i, (k, t) in enumerate(zip(shape.conv_kernels, frames)):
-        c = counts.conv[i]
+        c = counts.conv_channels[i]
         has_norm = shape.extractor_mode == "layer_norm" or i == 0  # GroupNorm on layer 0 in "default" mode
         params = c_in * c * k + (c if shape.conv_bias else 0) + (2 * c if has_norm else 0)
         out[f"conv.{i}"] = Cost(params, c_in * c * k * t)
@@ -192,7 +127,7 @@ def cost_breakdown(
 
     m = shape.seq_len_multiple
     te = int(math.ceil(t / m) * m)  # fairseq pads the encoder input to a multiple of this
-    for layer, (h, u) in enumerate(zip(counts.heads, counts.ffn)):
+    for layer, (h, u) in enumerate(zip(counts.attention_heads, counts.ffn_units)):
         out[f"layers.{layer}.attention"] = Cost(4 * D * hd * h + 3 * hd * h + D, 4 * te * D * hd * h)
         out[f"layers.{layer}.attention_products"] = Cost(0, 2 * te * te * hd * h)
         out[f"layers.{layer}.ffn"] = Cost(2 * D * u + u + D, 2 * te * D * u)
@@ -237,6 +172,3 @@ def group_breakdown(breakdown: Dict[str, Cost]) -> Dict[str, Cost]:
         groups[key] = groups.get(key, Cost()) + c
     return groups
 
-
-def as_float(x: Number) -> float:
-    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)

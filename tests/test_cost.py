@@ -6,15 +6,8 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from experiments.checkpoints import wav2vec2_pretraining_cfg
-from fairseq_prune.cost import (
-    REFERENCE_SAMPLES,
-    StructureCounts,
-    Wav2Vec2Shape,
-    cost_breakdown,
-    group_breakdown,
-    parse_conv_layers,
-    totals,
-)
+from fairseq_prune.cost import REFERENCE_SAMPLES, Wav2Vec2Shape, cost_breakdown, group_breakdown, totals
+from fairseq_prune.layer_sizes import LayerSizes, parse_conv_layers
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
 from helpers import build
 
@@ -81,7 +74,7 @@ def test_exact_costs_match_flop_counter_and_parameter_count(noise_data, sizes):
     n_params = sum(p.numel() for n, p in model.named_parameters() if not n.endswith("log_alpha"))
     assert n_params == exact.params
     if sizes:
-        assert list(shape.heads) == UNEVEN["attention_heads"] and list(shape.ffn_units) == UNEVEN["ffn_units"]
+        assert shape.sizes == LayerSizes(**UNEVEN)
         assert parts["layers.2.attention"].params == 768 and parts["layers.2.attention"].macs == 0  # bias only
         assert parts["layers.3.ffn"].params == 768 and parts["layers.3.ffn"].macs == 0
 
@@ -111,6 +104,6 @@ def test_expected_cost_is_differentiable_and_couples_structures(noise_data):
     assert all(gr is not None and (gr > 0).all() for gr in grads), "every gate must lower the expected MACs"
     # coupling: conv layer 3 costs E[in] * E[out] * k * T
     shape = model.shape()
-    half = StructureCounts(conv=[512, 512, 256, 512, 512, 512, 512], heads=list(shape.heads), ffn=list(shape.ffn_units))
+    half = LayerSizes([512, 512, 256, 512, 512, 512, 512], shape.sizes.attention_heads, shape.sizes.ffn_units)
     full, cut = cost_breakdown(shape, REFERENCE_SAMPLES), cost_breakdown(shape, REFERENCE_SAMPLES, half)
     assert cut["conv.2"].macs * 2 == full["conv.2"].macs and cut["conv.3"].macs * 2 == full["conv.3"].macs

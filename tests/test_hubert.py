@@ -11,7 +11,7 @@ from fairseq.models.hubert.hubert import HubertModel
 from torch.utils.flop_counter import FlopCounterMode
 
 from fairseq_prune.checkpoints import CheckpointError, save_atomic
-from fairseq_prune.cli.export import _fmt, format_table
+from fairseq_prune.export_report import format_cost, format_table
 from fairseq_prune.cost import REFERENCE_SAMPLES, cost_breakdown, group_breakdown, totals
 from fairseq_prune.export import prune
 from fairseq_prune.hubert import (
@@ -196,7 +196,7 @@ def test_hubert_base_cost_table_matches_flop_counter_and_parameters():
 
     table = format_table(prune(model, model.cfg))
     assert table.startswith("HuBERT encoder; parameters and GMACs for 10 s of audio\n")
-    assert f"  {'total':<18} {_fmt(exact)}  ->  {_fmt(exact)}" in table  # all gates open: nothing removed
+    assert f"  {'total':<18} {format_cost(exact)}  ->  {format_cost(exact)}" in table  # all gates open: nothing removed
     assert "  cnn                   4.200M   24.539G" in table and "  ffn                  56.669M   28.312G" in table
 
 

@@ -244,7 +244,7 @@ def test_base_size_pruned_model(tmp_path):
     bench.set_gates(gated, bench.counts_for_budget(gated, 0.5, "uneven", seed=1), seed=2)
     model = prune(gated, gated.cfg, round_to=8).model.eval()
     del gated
-    assert len(set(model.shape().heads)) > 1 and model.shape().conv_channels[0] < 512
+    assert len(set(model.shape().sizes.attention_heads)) > 1 and model.shape().sizes.conv_channels[0] < 512
     symbols = Dictionary().symbols + LETTERS
     assert len(symbols) == bench.VOCAB
     meta = OnnxMetadata("wav2vec2_ctc_pruning", "bench", True, True, symbols)

@@ -9,8 +9,8 @@ from typing import Dict, List, Optional
 import torch
 
 from ..checkpoints import CheckpointError, atomic_outputs
-from ..cost import Cost, totals
-from ..export import ExportResult, exported_state, load_gated, prune, target_dictionary
+from ..export import exported_state, load_gated, prune, target_dictionary
+from ..export_report import draw_architecture, format_table
 from ..safe_output import OutputError, Terminated, check_output, sigterm_raises, sweep_stale, writing
 
 logger = logging.getLogger("fairseq_prune.export")
@@ -38,74 +38,6 @@ def get_parser() -> argparse.ArgumentParser:
         "dict.{labels}.txt of the training run's task.data)",
     )
     return p
-
-
-#: how reports name a model family (``w2v_args.model._name``)
-FAMILY_NAMES = {"wav2vec2": "wav2vec2", "hubert": "HuBERT"}
-
-
-def _fmt(c: Cost) -> str:
-    return f"{float(c.params) / 1e6:8.3f}M {float(c.macs) / 1e9:8.3f}G"
-
-
-def format_table(result: ExportResult) -> str:
-    """Per-layer sizes and costs (params, GMACs at 10 s) before -> after, per component and in total."""
-    s = result.summary
-    b, a = s["before"], s["after"]
-    family = FAMILY_NAMES.get(s.get("family", "wav2vec2"), s.get("family"))
-    lines = [f"{family} encoder; parameters and GMACs for {s['reference_seconds']:.0f} s of audio",
-             "conv layer  channels          params / GMACs before  ->  after"]
-    for i, (cb, ca) in enumerate(zip(b["conv_channels"], a["conv_channels"])):
-        lines.append(f"  {i:<9} {cb:>5} -> {ca:<5}  {_fmt(result.before[f'conv.{i}'])}  ->  {_fmt(result.after[f'conv.{i}'])}")
-    lines.append("layer  heads       FFN units        params / GMACs before  ->  after")
-    for i, (hb, ha, ub, ua) in enumerate(zip(b["attention_heads"], a["attention_heads"], b["ffn_units"], a["ffn_units"])):
-        keys = [f"layers.{i}.{k}" for k in ("attention", "attention_products", "ffn", "norms")]
-        cb = sum((result.before[k] for k in keys), Cost())
-        ca = sum((result.after[k] for k in keys), Cost())
-        lines.append(f"  {i:<4} {hb:>2} -> {ha:<3}  {ub:>5} -> {ua:<5}  {_fmt(cb)}  ->  {_fmt(ca)}")
-    lines.append("component            params / GMACs before  ->  after")
-    for name in b["groups"]:
-        gb, ga = b["groups"][name], a["groups"][name]
-        lines.append(f"  {name:<18} {_fmt(Cost(gb['params'], gb['macs']))}  ->  {_fmt(Cost(ga['params'], ga['macs']))}")
-    tb, ta = totals(result.before)["total"], totals(result.after)["total"]
-    lines.append(f"  {'total':<18} {_fmt(tb)}  ->  {_fmt(ta)}")
-    lines.append(
-        f"  ratio after/before: params {float(ta.params) / float(tb.params):.3f}, MACs {float(ta.macs) / float(tb.macs):.3f}"
-    )
-    if "unrounded_macs" in s:
-        extra = float(ta.macs) - s["unrounded_macs"]
-        lines.append(
-            f"  --round-to {s['round_to']}: {extra / 1e9:.3f} GMACs more than without rounding "
-            f"({extra / s['unrounded_macs'] * 100:.1f}%)"
-        )
-    return "\n".join(lines)
-
-
-def draw_architecture(summary: Dict, title: Optional[str] = None):
-    """A figure with bars per layer: conv channels, attention heads and FFN units kept, over the sizes before
-    export."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    b, a = summary["before"], summary["after"]
-    panels = [("conv channels", "conv_channels", "CNN layer"), ("attention heads", "attention_heads", "Transformer layer"),
-              ("FFN units", "ffn_units", "Transformer layer")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (label, key, xlabel) in zip(axes, panels):
-        x = list(range(len(b[key])))
-        ax.bar(x, b[key], color="#d9d9d9", label="before")
-        ax.bar(x, a[key], color="#2b6cb0", label="kept")
-        ax.set_title(label)
-        ax.set_xlabel(xlabel)
-        ax.set_xticks(x)
-    axes[0].legend(loc="lower left", fontsize=8)
-    ratio = a["macs"] / b["macs"]
-    fig.suptitle(title or f"pruned architecture: {a['params'] / 1e6:.2f}M params, {a['macs'] / 1e9:.2f} GMACs "
-                 f"({ratio:.0%} of the MACs) at {summary['reference_seconds']:.0f} s")
-    fig.tight_layout()
-    return fig
 
 
 def plot_format(path: str) -> str:

@@ -1,4 +1,5 @@
 """``wav2vec2_ctc_pruning``: fairseq's ``wav2vec_ctc`` with a prunable, gated wav2vec2 encoder."""
+import copy
 import logging
 from argparse import Namespace
 from dataclasses import dataclass, field
@@ -7,14 +8,15 @@ from typing import Any, Dict, List
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.models import FairseqEncoder, register_model
 from fairseq.models.wav2vec.wav2vec2_asr import Linear, Wav2Vec2CtcConfig, Wav2VecCtc, Wav2VecEncoder
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from ..checkpoints import CheckpointError, load_w2v_source
 from ..cost import Wav2Vec2Shape
 from ..errors import ConfigError, one_line_errors
-from ..modules.hard_concrete import is_gate_key
-from ..modules.wav2vec2 import PrunableWav2Vec2Model, PruningPlan
+from ..layer_sizes import LayerSizes
+from ..modules.hard_concrete import GATE_DEFAULTS, GateSettings, is_gate_key
+from ..modules.wav2vec2 import PRUNE_FLAGS, PrunableWav2Vec2Model, PruningPlan
 
 logger = logging.getLogger(__name__)
 
@@ -53,37 +55,43 @@ class Wav2Vec2CtcPruningConfig(Wav2Vec2CtcConfig):
         metadata={"help": "FFN intermediate units per Transformer layer (0: no FFN); empty: from w2v_args"},
     )
     gate_temperature: float = field(
-        default=2.0 / 3.0, metadata={"help": "temperature (beta) of the hard concrete distribution"}
+        default=GATE_DEFAULTS.temperature, metadata={"help": "temperature (beta) of the hard concrete distribution"}
     )
-    gate_limit_l: float = field(default=-0.1, metadata={"help": "left end of the hard concrete stretch"})
-    gate_limit_r: float = field(default=1.1, metadata={"help": "right end of the hard concrete stretch"})
+    gate_limit_l: float = field(
+        default=GATE_DEFAULTS.limit_l, metadata={"help": "left end of the hard concrete stretch"}
+    )
+    gate_limit_r: float = field(
+        default=GATE_DEFAULTS.limit_r, metadata={"help": "right end of the hard concrete stretch"}
+    )
     gate_init_log_alpha: float = field(
-        default=3.0,
+        default=GATE_DEFAULTS.init_log_alpha,
         metadata={"help": "initial log alpha of every gate (3.0: eval masks all open, most draws exactly 1)"},
     )
     gate_log_alpha_limit: float = field(
-        default=6.0,
+        default=GATE_DEFAULTS.log_alpha_limit,
         metadata={"help": "after each update, log alpha is clamped to [-limit, limit] (0: never); needs the "
                   "audio_pruning task, which applies it"},
     )
 
 
 def plan_from_cfg(cfg: Wav2Vec2CtcPruningConfig) -> PruningPlan:
+    """The per-layer sizes, gate groups and gate settings a config asks for."""
     return PruningPlan(
-        conv_channels=list(cfg.conv_channels),
-        heads=list(cfg.attention_heads),
-        ffn_units=list(cfg.ffn_units),
-        prune_conv_channels=cfg.prune_conv_channels,
-        prune_attention_heads=cfg.prune_attention_heads,
-        prune_attention_layers=cfg.prune_attention_layers,
-        prune_ffn_units=cfg.prune_ffn_units,
-        prune_ffn_layers=cfg.prune_ffn_layers,
-        gate_temperature=cfg.gate_temperature,
-        gate_limit_l=cfg.gate_limit_l,
-        gate_limit_r=cfg.gate_limit_r,
-        gate_init_log_alpha=cfg.gate_init_log_alpha,
-        gate_log_alpha_limit=cfg.gate_log_alpha_limit,
+        sizes=LayerSizes.from_cfg(cfg),
+        gates=GateSettings.from_cfg(cfg),
+        **{flag: bool(getattr(cfg, flag)) for flag in PRUNE_FLAGS},
     )
+
+
+def compact_cfg(model_cfg: DictConfig, sizes: LayerSizes) -> DictConfig:
+    """A copy of ``model_cfg`` (``cfg.model``) describing the model at ``sizes`` without gates: what an
+    exported checkpoint stores."""
+    out = copy.deepcopy(model_cfg)
+    with open_dict(out):
+        for flag in PRUNE_FLAGS:
+            out[flag] = False
+    sizes.write_cfg(out)
+    return out
 
 
 def w2v_overrides(cfg: Wav2Vec2CtcPruningConfig) -> Dict[str, Any]:
@@ -144,7 +152,7 @@ class PrunableWav2VecEncoder(Wav2VecEncoder):
                 f"task.normalize={cfg.normalize} but the wav2vec2 model was pre-trained with "
                 f"normalize={pretrained_normalize}; set task.normalize to match"
             )
-        if source is not None and source.sizes:
+        if source is not None and source.sizes is not None:
             self._adopt_exported_sizes(cfg, source)
         plan = plan_from_cfg(cfg)
         if plan.prune_conv_channels and w2v_args.model.feature_grad_mult <= 0:
@@ -182,15 +190,15 @@ class PrunableWav2VecEncoder(Wav2VecEncoder):
                 f"{source.path}: an exported (pruned) model cannot be pruned again (this run sets model.prune_* "
                 "options); fine-tune it without gates (e.g. the dense recipe), or prune the dense model it came from"
             )
-        with open_dict(cfg):
-            for key, sizes in source.sizes.items():
-                given = [int(n) for n in cfg[key]]
-                if given and given != sizes:
-                    raise CheckpointError(
-                        f"{source.path}: exported with model.{key}={sizes}, but this run sets model.{key}={given}; "
-                        "leave it empty to fine-tune the exported model"
-                    )
-                cfg[key] = sizes
+        given = LayerSizes.from_cfg(cfg).as_dict()
+        exported = source.sizes.as_dict(skip_empty=True)
+        for key, sizes in exported.items():
+            if given[key] and given[key] != sizes:
+                raise CheckpointError(
+                    f"{source.path}: exported with model.{key}={sizes}, but this run sets model.{key}={given[key]}; "
+                    "leave it empty to fine-tune the exported model"
+                )
+        LayerSizes(**{**given, **exported}).write_cfg(cfg)
 
     @staticmethod
     def _load_w2v_weights(model: PrunableWav2Vec2Model, state: Dict[str, Any], path: str) -> None:
@@ -227,6 +235,15 @@ class Wav2Vec2CtcPruning(Wav2VecCtc):
     def shape(self) -> Wav2Vec2Shape:
         proj = self.w2v_encoder.proj
         return self.w2v_model.shape(vocab_size=proj.out_features if proj is not None else 0)
+
+    def pruned(self, round_to: int = 1) -> "Wav2Vec2CtcPruning":
+        """A copy without gates computing what this model computes in eval mode
+        (:meth:`PrunableWav2Vec2Model.pruned`), its config (``cfg``) at the kept sizes with every ``prune_*``
+        flag off."""
+        w2v = self.w2v_model.pruned(round_to)
+        out = copy.deepcopy(self, memo={id(self.w2v_model): w2v})  # the rest: the CTC output layer
+        out.cfg = compact_cfg(self.cfg, w2v.layer_sizes())
+        return out
 
     @classmethod
     def from_w2v_args(cls, w2v_args, vocab_size: int, **fields) -> "Wav2Vec2CtcPruning":

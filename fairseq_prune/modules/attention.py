@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kept_units import Selection
+
 
 class OutputBias(nn.Module):
     """What is left of a projection whose every input unit was pruned: its bias, broadcast over positions.
@@ -86,3 +88,20 @@ class PrunableSelfAttention(nn.Module):
         # scaling each head's output == scaling its columns of out_proj (a weight-sized product)
         w = self.out_proj.weight * head_mask.to(ctx.dtype).repeat_interleave(hd)
         return F.linear(ctx, w, self.out_proj.bias)
+
+    @torch.no_grad()
+    def pruned(self, kept: Selection) -> "PrunableSelfAttention":
+        """A copy with the ``kept`` heads only: their rows of ``q_proj``/``k_proj``/``v_proj``, their columns of
+        ``out_proj`` scaled by each head's multiplier (what ``head_mask`` does in :meth:`forward`). No head kept:
+        only ``out_proj.bias`` is left."""
+        out = PrunableSelfAttention(self.embed_dim, kept.size, self.head_dim, self.dropout)
+        out.out_proj.bias.copy_(self.out_proj.bias)
+        if out.num_heads == 0:
+            return out
+        rows = (kept.index.unsqueeze(1) * self.head_dim + torch.arange(self.head_dim)).reshape(-1)
+        for name in ("q_proj", "k_proj", "v_proj"):
+            old, new = getattr(self, name), getattr(out, name)
+            new.weight.copy_(old.weight[rows])
+            new.bias.copy_(old.bias[rows])
+        out.out_proj.weight.copy_(self.out_proj.weight[:, rows] * kept.scale.repeat_interleave(self.head_dim))
+        return out

@@ -13,6 +13,10 @@ Where each conv layer's channel gate acts (chosen so that removing a channel at 
 
 The gates of all conv layers live in ``feature_extractor.channel_gates``; fairseq's own sub-modules
 (``conv_layers.{i}.{0,2,...}``) keep their names so fairseq checkpoints load unchanged.
+
+Export (:meth:`GatedConvFeatureExtractor.pruned`, :meth:`GatedFeatureLayerNorm.pruned`) keeps the channels whose
+eval-mode mask is non-zero and makes the products above final: a layer's mask is folded into the next conv's
+input channels, the last layer's into the feature LayerNorm's affine parameters.
 """
 from typing import List, Optional, Tuple
 
@@ -22,6 +26,7 @@ from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 from torch import nn
 
 from .hard_concrete import HardConcrete
+from .kept_units import Selection, kept_units, support
 
 
 def layer_norm_over(x: torch.Tensor, weight, bias, eps: float, keep: Optional[torch.Tensor]) -> torch.Tensor:
@@ -44,21 +49,6 @@ def layer_norm_over(x: torch.Tensor, weight, bias, eps: float, keep: Optional[to
         eps,
     ).type_as(x)
     return out
-
-
-def support(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """Indices of the non-zero entries of ``mask``, or ``None`` when every entry is non-zero (or no mask).
-
-    A layer never has an empty support: when every entry is 0 the first channel stands in (its output is
-    multiplied by 0 anyway), which is also the channel export keeps in that case."""
-    if mask is None:
-        return None
-    nz = mask > 0
-    if bool(nz.all()):
-        return None
-    if not bool(nz.any()):
-        nz[0] = True
-    return nz.nonzero().squeeze(1)
 
 
 class GatedConvFeatureExtractor(ConvFeatureExtractionModel):
@@ -120,6 +110,39 @@ class GatedConvFeatureExtractor(ConvFeatureExtractionModel):
             prev = mask if i < last else None  # the last layer's mask is applied by GatedFeatureLayerNorm
         return x
 
+    def kept_channels(self, round_to: int = 1) -> List[Selection]:
+        """The output channels of every conv layer that export keeps (at least one per layer). ``round_to``
+        rounds a layer's count up with closed channels (see :func:`~.kept_units.kept_units`), except where the
+        channels feed a LayerNorm across channels (every layer in ``layer_norm`` mode, the last one always):
+        extra channels would change its statistics."""
+        last = len(self.conv_layers) - 1
+        return [
+            kept_units(
+                block[0].out_channels, self.gate(i), min_one=True,
+                round_to=round_to if self.mode != "layer_norm" and i < last else 1,
+            )
+            for i, block in enumerate(self.conv_layers)
+        ]
+
+    @torch.no_grad()
+    def pruned(self, kept: List[Selection]) -> "GatedConvFeatureExtractor":
+        """A copy without gates that keeps the ``kept`` channels of each layer, each layer's mask (but the last
+        one's, see :meth:`GatedFeatureLayerNorm.pruned`) folded into the input channels of the next conv."""
+        convs = [block[0] for block in self.conv_layers]
+        layers = [(sel.size, conv.kernel_size[0], conv.stride[0]) for sel, conv in zip(kept, convs)]
+        out = GatedConvFeatureExtractor(layers, mode=self.mode, conv_bias=convs[0].bias is not None)
+        prev: Optional[Selection] = None
+        for block, new_block, sel in zip(self.conv_layers, out.conv_layers, kept):
+            state = {}
+            for name, value in block.state_dict().items():  # conv (0), its norm in layer 0 or layer_norm mode (2)
+                value = value[sel.index]  # every tensor of a block is per output channel (rows of the conv)
+                if name == "0.weight" and prev is not None:
+                    value = value[:, prev.index] * prev.scale.view(1, -1, 1)
+                state[name] = value
+            new_block.load_state_dict(state, strict=True)
+            prev = sel
+        return out
+
 
 class GatedFeatureLayerNorm(nn.LayerNorm):
     """The feature LayerNorm of ``Wav2Vec2Model`` (``layer_norm``, over the last conv layer's channels),
@@ -141,3 +164,12 @@ class GatedFeatureLayerNorm(nn.LayerNorm):
         m = mask.to(self.weight.dtype)
         # LN(x) * m with m folded into the affine parameters (statistics over the kept channels only)
         return layer_norm_over(x, self.weight * m, self.bias * m, self.eps, support(mask))
+
+    @torch.no_grad()
+    def pruned(self, kept: Selection) -> "GatedFeatureLayerNorm":
+        """A LayerNorm without gate over the ``kept`` channels of the last conv layer, their mask folded into
+        its affine parameters."""
+        out = GatedFeatureLayerNorm(kept.size, None)
+        out.weight.copy_(self.weight[kept.index] * kept.scale)
+        out.bias.copy_(self.bias[kept.index] * kept.scale)
+        return out

@@ -1,4 +1,5 @@
 """wav2vec2 Transformer encoder layers with per-layer sizes and optional head / FFN-unit / block gates."""
+import copy
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -12,8 +13,11 @@ from torch import nn
 from ..errors import ConfigError
 from .attention import OutputBias, PrunableSelfAttention
 from .hard_concrete import HardConcrete, combine
+from .kept_units import Selection, kept_units
 
 GateFactory = Callable[[int], HardConcrete]
+#: the gate attributes of :class:`PrunableEncoderLayer` (``None`` where absent)
+LAYER_GATES = ("head_gate", "attn_layer_gate", "ffn_unit_gate", "ffn_layer_gate")
 
 
 class PrunableEncoderLayer(nn.Module):
@@ -26,7 +30,8 @@ class PrunableEncoderLayer(nn.Module):
       before ``fc2``.
 
     A block gate therefore scales the block's computation but not its output bias: a block with every head
-    (or unit) closed leaves only that bias, and that is what export keeps. Sub-module names are fairseq's.
+    (or unit) closed leaves only that bias, and that is what export keeps (:meth:`pruned`). Sub-module names
+    are fairseq's.
 
     Args mirror ``Wav2Vec2Config``: ``embed_dim`` (``encoder_embed_dim``), ``dropout``,
     ``attention_dropout``, ``activation_dropout``, ``activation_fn``, ``layer_norm_first``;
@@ -77,18 +82,20 @@ class PrunableEncoderLayer(nn.Module):
         self.ffn_layer_gate = gate(prune_ffn_layer, ffn_units and 1)
 
     @staticmethod
-    def _mask(*gates: Optional[HardConcrete]) -> Optional[torch.Tensor]:
-        return combine(*(g.mask() if g is not None else None for g in gates))
+    def _mask(n: int, *gates: Optional[HardConcrete]) -> Optional[torch.Tensor]:
+        """The product of the gates' masks over ``n`` units ``(n,)`` (a block gate alone covers them all)."""
+        mask = combine(*(g.mask() if g is not None else None for g in gates))
+        return None if mask is None else mask.expand(n)
 
     def _attention(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        head_mask = self._mask(self.head_gate, self.attn_layer_gate)
+        head_mask = self._mask(self.self_attn.num_heads, self.head_gate, self.attn_layer_gate)
         return self.dropout1(self.self_attn(x, padding_mask, head_mask))
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
         if self.fc1 is None:
             return self.fc2(x[..., :0])
         h = self.dropout2(self.activation_fn(self.fc1(x)))
-        unit_mask = self._mask(self.ffn_unit_gate, self.ffn_layer_gate)
+        unit_mask = self._mask(self.ffn_units, self.ffn_unit_gate, self.ffn_layer_gate)
         if unit_mask is None:
             return self.fc2(h)
         # scaling the hidden units == scaling the columns of fc2 (a weight-sized product)
@@ -121,16 +128,45 @@ class PrunableEncoderLayer(nn.Module):
             x = self.final_layer_norm(residual + self.dropout3(x))
         return x, (None, layer_result)
 
+    def kept_heads(self) -> Selection:
+        """The heads export keeps (eval-mode head mask times block mask non-zero)."""
+        return kept_units(self.self_attn.num_heads, self.head_gate, self.attn_layer_gate)
+
+    def kept_ffn_units(self, round_to: int = 1) -> Selection:
+        """The FFN units export keeps, their count rounded up to a multiple of ``round_to`` with closed units."""
+        return kept_units(self.ffn_units, self.ffn_unit_gate, self.ffn_layer_gate, round_to=round_to)
+
+    @torch.no_grad()
+    def pruned(self, round_to: int = 1) -> "PrunableEncoderLayer":
+        """A copy without gates computing what this layer computes in eval mode: the kept heads
+        (:meth:`PrunableSelfAttention.pruned`), the ``fc1`` rows of the kept FFN units and their ``fc2`` columns
+        scaled by the unit masks; a block with nothing kept leaves its output bias."""
+        out = copy.deepcopy(self)
+        for name in LAYER_GATES:
+            setattr(out, name, None)
+        out.self_attn = self.self_attn.pruned(self.kept_heads())
+        units = self.kept_ffn_units(round_to)
+        out.ffn_units = units.size
+        out.fc1, out.fc2 = None, OutputBias(self.embedding_dim)
+        if units.size:
+            out.fc1 = nn.Linear(self.embedding_dim, units.size)
+            out.fc1.weight.copy_(self.fc1.weight[units.index])
+            out.fc1.bias.copy_(self.fc1.bias[units.index])
+            out.fc2 = nn.Linear(units.size, self.embedding_dim)
+            out.fc2.weight.copy_(self.fc2.weight[:, units.index] * units.scale)
+        out.fc2.bias.copy_(self.fc2.bias)
+        return out
+
 
 class PrunableTransformerEncoder(TransformerEncoder):
     """fairseq's wav2vec2 ``TransformerEncoder`` (positional conv, layer norm, layerdrop, padding to
     ``required_seq_len_multiple``) whose layers, built through its ``build_encoder_layer`` extension point,
-    are :class:`PrunableEncoderLayer` with per-layer ``heads`` and ``ffn_units``."""
+    are :class:`PrunableEncoderLayer` with per-layer ``attention_heads`` and ``ffn_units``."""
 
     def __init__(
         self,
         args,
-        heads: Sequence[int],
+        attention_heads: Sequence[int],
         ffn_units: Sequence[int],
         make_gate: Optional[GateFactory] = None,
         prune_heads: bool = False,
@@ -142,7 +178,7 @@ class PrunableTransformerEncoder(TransformerEncoder):
             raise ConfigError(f"only layer_type=transformer can be pruned, this model has {args.layer_type!r}")
         # read by build_encoder_layer, which fairseq's __init__ calls before returning
         self.__dict__["_plan"] = dict(
-            heads=list(heads),
+            attention_heads=list(attention_heads),
             ffn_units=list(ffn_units),
             head_dim=args.encoder_embed_dim // args.encoder_attention_heads,
             make_gate=make_gate,
@@ -159,7 +195,7 @@ class PrunableTransformerEncoder(TransformerEncoder):
         plan = self._plan
         layer = PrunableEncoderLayer(
             embed_dim=args.encoder_embed_dim,
-            num_heads=plan["heads"][layer_idx],
+            num_heads=plan["attention_heads"][layer_idx],
             head_dim=plan["head_dim"],
             ffn_units=plan["ffn_units"][layer_idx],
             dropout=args.dropout,

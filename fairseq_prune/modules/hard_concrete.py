@@ -11,6 +11,7 @@ One mask is drawn per forward pass and shared by every consumer of the gate: :me
 until :meth:`clear` is called (the gated wav2vec2 model clears all its gates at the start of each forward).
 """
 import math
+from dataclasses import dataclass, fields
 from typing import Optional
 
 import torch
@@ -30,6 +31,32 @@ def is_gate_key(key: str) -> bool:
     return key.endswith("log_alpha")
 
 
+@dataclass(frozen=True)
+class GateSettings:
+    """The parameters every hard concrete gate of a model is built with; its defaults are the only place the
+    defaults of the ``model.gate_*`` options (``gate_temperature``, ``gate_limit_l``, ...) and of
+    :class:`HardConcrete` are written. See :class:`HardConcrete` for their meaning."""
+
+    temperature: float = 2.0 / 3.0
+    limit_l: float = -0.1
+    limit_r: float = 1.1
+    init_log_alpha: float = 3.0
+    log_alpha_limit: float = 6.0
+
+    @classmethod
+    def from_cfg(cls, model_cfg) -> "GateSettings":
+        """The settings of a ``wav2vec2_ctc_pruning`` config: its ``gate_{field}`` options."""
+        return cls(**{f.name: getattr(model_cfg, f"gate_{f.name}") for f in fields(cls)})
+
+    def make(self, n: int) -> "HardConcrete":
+        """A gate over ``n`` units with these settings."""
+        return HardConcrete(n, **{f.name: getattr(self, f.name) for f in fields(self)})
+
+
+#: the defaults of every gate setting
+GATE_DEFAULTS = GateSettings()
+
+
 class HardConcrete(nn.Module):
     """Hard concrete gates over ``n`` units.
 
@@ -47,11 +74,11 @@ class HardConcrete(nn.Module):
     def __init__(
         self,
         n: int,
-        temperature: float = 2.0 / 3.0,
-        limit_l: float = -0.1,
-        limit_r: float = 1.1,
-        init_log_alpha: float = 3.0,
-        log_alpha_limit: float = 0.0,
+        temperature: float = GATE_DEFAULTS.temperature,
+        limit_l: float = GATE_DEFAULTS.limit_l,
+        limit_r: float = GATE_DEFAULTS.limit_r,
+        init_log_alpha: float = GATE_DEFAULTS.init_log_alpha,
+        log_alpha_limit: float = GATE_DEFAULTS.log_alpha_limit,
         eps: float = 1e-6,
     ) -> None:
         super().__init__()

@@ -10,60 +10,42 @@ from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
 from omegaconf import open_dict
 from torch import nn
 
-from ..cost import StructureCounts, Wav2Vec2Shape, parse_conv_layers
+from ..cost import Wav2Vec2Shape
 from ..errors import ConfigError
 from ..hubert import HUBERT, family, hubert_frame_lengths
+from ..layer_sizes import LayerSizes, parse_conv_layers
 from .conv_feature_extractor import GatedConvFeatureExtractor, GatedFeatureLayerNorm
 from .encoder_layer import PrunableEncoderLayer, PrunableTransformerEncoder
-from .hard_concrete import HardConcrete
+from .hard_concrete import GATE_DEFAULTS, GateSettings, HardConcrete, is_gate_key
 
 #: gate groups, in the order used for logging and reports
 GATE_GROUPS = ("conv_channels", "attention_heads", "attention_layers", "ffn_units", "ffn_layers")
+#: the ``model.prune_*`` flag of each gate group
+PRUNE_FLAGS = tuple(f"prune_{group}" for group in GATE_GROUPS)
 
 
 @dataclass
 class PruningPlan:
     """What a :class:`PrunableWav2Vec2Model` is built with, beyond fairseq's ``Wav2Vec2Config``.
 
-    ``conv_channels``, ``heads``, ``ffn_units``: per-layer sizes (empty: those of the config). The
-    ``prune_*`` flags select which gate groups exist; ``gate_*`` parametrise every gate.
+    ``sizes``: per-layer sizes (empty fields: those of the config). The ``prune_*`` flags select which gate
+    groups exist; ``gates`` parametrise every gate.
     """
 
-    conv_channels: List[int] = field(default_factory=list)
-    heads: List[int] = field(default_factory=list)
-    ffn_units: List[int] = field(default_factory=list)
+    sizes: LayerSizes = field(default_factory=LayerSizes)
     prune_conv_channels: bool = False
     prune_attention_heads: bool = False
     prune_attention_layers: bool = False
     prune_ffn_units: bool = False
     prune_ffn_layers: bool = False
-    gate_temperature: float = 2.0 / 3.0
-    gate_limit_l: float = -0.1
-    gate_limit_r: float = 1.1
-    gate_init_log_alpha: float = 3.0
-    gate_log_alpha_limit: float = 6.0
+    gates: GateSettings = GATE_DEFAULTS
 
     def make_gate(self, n: int) -> HardConcrete:
-        return HardConcrete(
-            n,
-            temperature=self.gate_temperature,
-            limit_l=self.gate_limit_l,
-            limit_r=self.gate_limit_r,
-            init_log_alpha=self.gate_init_log_alpha,
-            log_alpha_limit=self.gate_log_alpha_limit,
-        )
+        return self.gates.make(n)
 
     @property
     def any_gates(self) -> bool:
-        return any(
-            (
-                self.prune_conv_channels,
-                self.prune_attention_heads,
-                self.prune_attention_layers,
-                self.prune_ffn_units,
-                self.prune_ffn_layers,
-            )
-        )
+        return any(getattr(self, flag) for flag in PRUNE_FLAGS)
 
 
 class PrunableWav2Vec2Model(Wav2Vec2Model):
@@ -88,12 +70,8 @@ class PrunableWav2Vec2Model(Wav2Vec2Model):
         if getattr(cfg, "pos_conv_depth", 1) != 1 or getattr(cfg, "conv_pos_batch_norm", False):
             raise ConfigError("only the single weight-normed positional convolution of wav2vec2 is supported")
         full = parse_conv_layers(cfg.conv_feature_layers)
-        conv_channels = list(plan.conv_channels) or [c for c, _, _ in full]
-        if len(conv_channels) != len(full) or min(conv_channels) <= 0:
-            raise ConfigError(
-                f"model.conv_channels={conv_channels} must give a positive size to each of {len(full)} conv layers"
-            )
-        layers = [(c, k, s) for c, (_, k, s) in zip(conv_channels, full)]
+        sizes = plan.sizes.resolve(LayerSizes.dense(cfg))
+        layers = [(c, k, s) for c, (_, k, s) in zip(sizes.conv_channels, full)]
         D = cfg.encoder_embed_dim
         had_proj = full[-1][0] != D
         # fairseq sizes the feature LayerNorm and projection from conv_feature_layers
@@ -121,11 +99,10 @@ class PrunableWav2Vec2Model(Wav2Vec2Model):
         if had_proj and self.post_extract_proj is None:  # pruned width happens to equal encoder_embed_dim
             self.post_extract_proj = nn.Linear(self.embed, D)
 
-        n = cfg.encoder_layers
         self.encoder = PrunableTransformerEncoder(
             cfg,
-            heads=list(plan.heads) or [cfg.encoder_attention_heads] * n,
-            ffn_units=list(plan.ffn_units) or [cfg.encoder_ffn_embed_dim] * n,
+            attention_heads=sizes.attention_heads,
+            ffn_units=sizes.ffn_units,
             make_gate=plan.make_gate,
             prune_heads=plan.prune_attention_heads,
             prune_attention_layers=plan.prune_attention_layers,
@@ -230,18 +207,20 @@ class PrunableWav2Vec2Model(Wav2Vec2Model):
         }
         return {k: [g for g in v if g is not None] for k, v in found.items() if any(g is not None for g in v)}
 
-    def shape(self, vocab_size: int = 0) -> Wav2Vec2Shape:
-        """The model's architecture (its current per-layer sizes) for the cost module."""
+    def layer_sizes(self) -> LayerSizes:
+        """The model's current per-layer sizes (as built: gates do not change them)."""
         layers = self.encoder_layers()
-        return Wav2Vec2Shape.from_w2v_cfg(
-            self.cfg,
+        return LayerSizes(
             conv_channels=[block[0].out_channels for block in self.feature_extractor.conv_layers],
-            heads=[l.self_attn.num_heads for l in layers],
+            attention_heads=[l.self_attn.num_heads for l in layers],
             ffn_units=[l.ffn_units for l in layers],
-            vocab_size=vocab_size,
         )
 
-    def structure_counts(self, mode: str) -> StructureCounts:
+    def shape(self, vocab_size: int = 0) -> Wav2Vec2Shape:
+        """The model's architecture (its current per-layer sizes) for the cost module."""
+        return Wav2Vec2Shape.from_w2v_cfg(self.cfg, self.layer_sizes(), vocab_size=vocab_size)
+
+    def structure_counts(self, mode: str) -> LayerSizes:
         """Units kept per structure under the gates.
 
         ``mode="expected"``: differentiable expectations, P(z > 0) summed over a structure's units and
@@ -274,4 +253,44 @@ class PrunableWav2Vec2Model(Wav2Vec2Model):
         layers = self.encoder_layers()
         heads = [block(l.head_gate, l.attn_layer_gate, l.self_attn.num_heads) for l in layers]
         ffn = [block(l.ffn_unit_gate, l.ffn_layer_gate, l.ffn_units) for l in layers]
-        return StructureCounts(conv=conv, heads=heads, ffn=ffn)
+        return LayerSizes(conv_channels=conv, attention_heads=heads, ffn_units=ffn)
+
+    # ---------------------------------------------------------------------------------------------- export
+    @torch.no_grad()
+    def pruned(self, round_to: int = 1) -> "PrunableWav2Vec2Model":
+        """A model without gates, at the sizes the gates keep, computing what this model computes in eval mode:
+        each gated module folds its gates into a smaller copy of itself (see their ``pruned`` methods), the
+        feature projection keeps the input columns of the last conv layer's kept channels, the rest is copied.
+        ``round_to``: conv channels and FFN units in multiples of it where that leaves the outputs unchanged
+        (:meth:`GatedConvFeatureExtractor.kept_channels`)."""
+        channels = self.feature_extractor.kept_channels(round_to)
+        replaced = {
+            self.feature_extractor: self.feature_extractor.pruned(channels),
+            self.layer_norm: self.layer_norm.pruned(channels[-1]),
+            **{layer: layer.pruned(round_to) for layer in self.encoder_layers()},
+        }
+        if self.post_extract_proj is not None:
+            proj = nn.Linear(channels[-1].size, self.post_extract_proj.out_features)
+            proj.weight.copy_(self.post_extract_proj.weight[:, channels[-1].index])
+            proj.bias.copy_(self.post_extract_proj.bias)
+            replaced[self.post_extract_proj] = proj
+        layers = [replaced[layer] for layer in self.encoder_layers()]
+        sizes = LayerSizes(
+            conv_channels=[sel.size for sel in channels],
+            attention_heads=[layer.self_attn.num_heads for layer in layers],
+            ffn_units=[layer.ffn_units for layer in layers],
+        )
+        out = PrunableWav2Vec2Model(self.cfg, PruningPlan(sizes=sizes))
+        out.load_state_dict(self._state_with(replaced), strict=True)
+        return out
+
+    def _state_with(self, replaced: Dict[nn.Module, nn.Module]) -> Dict[str, torch.Tensor]:
+        """This model's state dict without gates, each sub-module in ``replaced`` contributing its replacement's
+        entries instead of its own."""
+        names = {module: name for name, module in self.named_modules()}
+        state = {k: v for k, v in self.state_dict().items() if not is_gate_key(k)}
+        for old, new in replaced.items():
+            prefix = names[old] + "."
+            state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+            state.update({prefix + k: v for k, v in new.state_dict().items()})
+        return state

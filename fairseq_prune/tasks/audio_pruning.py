@@ -30,12 +30,11 @@ from fairseq.data import data_utils
 from fairseq.logging.meters import safe_round
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
-from omegaconf import open_dict
-
-from ..checkpoints import PER_LAYER_SIZES
 from ..decoding import greedy_units, target_words, units_to_words
 from ..errors import one_line_errors
 from ..intent import intent_counts
+from ..layer_sizes import LayerSizes
+from ..models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning
 
 
 @dataclass
@@ -78,11 +77,8 @@ class AudioPruningTask(AudioFinetuningTask):
     def build_model(self, model_cfg, from_checkpoint=False):
         model = super().build_model(model_cfg, from_checkpoint)  # copies w2v_args back into the run's config
         # so do the per-layer sizes adopted from an exported model.w2v_path: the run's checkpoints must know them
-        built = getattr(model, "cfg", None)
-        if built is not None and hasattr(built, "ffn_units"):
-            with open_dict(model_cfg):
-                for key in PER_LAYER_SIZES:
-                    model_cfg[key] = built[key]
+        if isinstance(model, Wav2Vec2CtcPruning):
+            LayerSizes.from_cfg(model.cfg).write_cfg(model_cfg)
         self._model = model  # for build_criterion, which fairseq's train.py calls next
         return model
 
