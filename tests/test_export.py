@@ -11,7 +11,7 @@ from fairseq import checkpoint_utils
 import fairseq_prune  # noqa: F401 (registers the model for fairseq's loader)
 from experiments.checkpoints import write_wav2vec2_checkpoint
 from fairseq_prune.checkpoints import PER_LAYER_SIZES, CheckpointError
-from fairseq_prune.export import load_gated
+from fairseq_prune.export import load_gated, prune
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
 from fairseq_prune.modules.hard_concrete import is_gate_key
 from helpers import SMALL_W2V, build, hydra_train, padded_batch, run
@@ -69,40 +69,71 @@ def assert_same_outputs(gated_ckpt, exported_ckpt, data, tol=1e-4):
     return gated, compact
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("config,extra", [
-    ("hj_macs", ()),
-    ("hj_size", ("+model.prune_attention_layers=true", "+model.prune_ffn_layers=true")),
-    ("hj_sep_size", ()),
-])
-def test_exported_model_equals_gated_model(tmp_path, small_w2v, noise_data, config, extra):
-    src = close_some_gates(trained(tmp_path, noise_data, small_w2v, config, *extra), tmp_path / "gated.pt")
-    out = tmp_path / "exported.pt"
-    plot = tmp_path / "plots" / "arch.png"
-    table = export(src, out, "--summary-json", str(tmp_path / "summary.json"), "--plot", str(plot))
-    gated, compact = assert_same_outputs(src, out, noise_data)
+BUDGETS = {
+    "hj_macs": (),
+    "hj_size": ("+model.prune_attention_layers=true", "+model.prune_ffn_layers=true"),
+    "hj_sep_size": (),
+}
 
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    after = summary["after"]
+
+@pytest.fixture(scope="module", params=sorted(BUDGETS))
+def exported(request, tmp_path_factory, small_w2v, noise_data):
+    """A gated checkpoint trained with each budget, gates closed by :func:`close_some_gates`, exported with
+    ``--summary-json`` and ``--plot`` (into a folder export makes): the paths, the printed table, the summary."""
+    tmp_path = tmp_path_factory.mktemp(f"export-{request.param}")
+    src = close_some_gates(trained(tmp_path, noise_data, small_w2v, request.param, *BUDGETS[request.param]),
+                           tmp_path / "gated.pt")
+    out, plot, summary = tmp_path / "exported.pt", tmp_path / "plots" / "arch.png", tmp_path / "summary.json"
+    table = export(src, out, "--summary-json", str(summary), "--plot", str(plot))
+    return dict(src=src, out=out, plot=plot, table=table, summary=json.loads(summary.read_text()))
+
+
+@pytest.mark.slow
+def test_exported_model_equals_gated_model(exported, noise_data):
+    assert_same_outputs(exported["src"], exported["out"], noise_data)
+
+
+@pytest.mark.slow
+def test_closed_heads_units_and_channels_are_removed(exported, noise_data):
+    after = exported["summary"]["after"]
     assert after["attention_heads"][0] == 0 and after["ffn_units"][1] == 0
     assert after["conv_channels"][2] < 32 and after["conv_channels"][6] < 32
-    n_params = sum(p.numel() for p in compact.parameters())
-    assert n_params == after["params"]
-    assert f"{n_params / 1e6:.3f}M parameters" in table
-    assert "total" in table and "ratio after/before" in table
-    assert not any("log_alpha" in k for k in compact.state_dict())
+    compact = load_compact(exported["out"], noise_data)
     assert compact.w2v_model.encoder_layers()[0].self_attn.q_proj is None  # the block is gone, not zeroed
     assert compact.w2v_model.encoder_layers()[1].fc1 is None
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # its folder was made
+
+
+@pytest.mark.slow
+def test_exported_model_has_no_gates(exported, noise_data):
+    assert not any("log_alpha" in k for k in load_compact(exported["out"], noise_data).state_dict())
+    model_cfg = torch.load(exported["out"], weights_only=True)["cfg"]["model"]
+    assert not any(model_cfg[f] for f in ("prune_conv_channels", "prune_attention_heads", "prune_ffn_units"))
+
+
+@pytest.mark.slow
+def test_summary_and_table_count_the_exported_parameters(exported, noise_data):
+    n_params = sum(p.numel() for p in load_compact(exported["out"], noise_data).parameters())
+    assert n_params == exported["summary"]["after"]["params"]
+    assert f"{n_params / 1e6:.3f}M parameters" in exported["table"]
+    assert "total" in exported["table"] and "ratio after/before" in exported["table"]
+
+
+@pytest.mark.slow
+def test_checkpoint_stores_sizes_and_summary_in_plain_containers(exported):
+    state = torch.load(exported["out"], weights_only=True)  # plain containers only: loads without trusting pickles
+    after = exported["summary"]["after"]
+    assert state["cfg"]["model"]["_name"] == "wav2vec2_ctc_pruning"
+    assert {k: state["cfg"]["model"][k] for k in PER_LAYER_SIZES} == {k: after[k] for k in PER_LAYER_SIZES}
+    assert state["pruning_summary"]["after"]["macs"] < state["pruning_summary"]["before"]["macs"]
+
+
+@pytest.mark.slow
+def test_outputs_are_written_atomically_with_open_permissions(exported):
+    assert exported["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # its folder was made
     umask = os.umask(0)
     os.umask(umask)
-    for written in (out, plot):  # written atomically, with the permissions open() would give
+    for written in (exported["out"], exported["plot"]):  # the permissions open() would give
         assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask, written
-    state = torch.load(out, weights_only=True)  # plain containers only: loads without trusting pickles
-    assert state["cfg"]["model"]["_name"] == "wav2vec2_ctc_pruning"
-    assert state["cfg"]["model"]["conv_channels"] == after["conv_channels"]
-    assert not any(state["cfg"]["model"][f] for f in ("prune_conv_channels", "prune_attention_heads", "prune_ffn_units"))
-    assert state["pruning_summary"]["after"]["macs"] < state["pruning_summary"]["before"]["macs"]
 
 
 @pytest.mark.slow
@@ -161,6 +192,23 @@ def test_round_to_keeps_outputs_and_reports_its_cost(tmp_path, small_w2v, noise_
     assert all(u % 8 == 0 for u in sizes["ffn_units"])
     assert sizes["conv_channels"][-1] == exact["conv_channels"][-1]
     assert sizes["macs"] > exact["macs"]
+
+
+def test_block_gates_alone_cover_every_unit(small_w2v, noise_data):
+    """prune_attention_layers / prune_ffn_layers without unit gates: the one block gate value scales every head
+    and unit, in the gated model and in its export (nothing is removed)."""
+    cfg = Wav2Vec2CtcPruningConfig(w2v_path=small_w2v, prune_attention_layers=True, prune_ffn_layers=True)
+    _, model = build(cfg, noise_data)
+    with torch.no_grad():
+        for layer in model.w2v_model.encoder_layers():
+            layer.attn_layer_gate.log_alpha.fill_(0.3)
+            layer.ffn_layer_gate.log_alpha.fill_(-0.5)
+    model.eval()
+    compact = prune(model, model.cfg).model
+    assert compact.w2v_model.layer_sizes() == model.w2v_model.layer_sizes()
+    a, b = logits(model), logits(compact)
+    finite = torch.isfinite(a)
+    assert torch.equal(finite, torch.isfinite(b)) and (a[finite] - b[finite]).abs().max().item() <= 1e-4
 
 
 def test_bad_input_is_refused_clearly(tmp_path, small_w2v, noise_data):
