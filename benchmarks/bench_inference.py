@@ -28,8 +28,9 @@ import torch
 
 from experiments.checkpoints import wav2vec2_pretraining_cfg
 from experiments.timing import time_models
-from fairseq_prune.cost import REFERENCE_SAMPLES, StructureCounts, cost_breakdown, totals
+from fairseq_prune.cost import REFERENCE_SAMPLES, cost_breakdown, totals
 from fairseq_prune.export import prune
+from fairseq_prune.layer_sizes import LayerSizes
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning
 from fairseq_prune.onnx_runtime import import_onnxruntime, ort_session
 
@@ -56,10 +57,10 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def keep_counts(model: Wav2Vec2CtcPruning, share: float, pattern: str, seed: int) -> StructureCounts:
+def keep_counts(model: Wav2Vec2CtcPruning, share: float, pattern: str, seed: int) -> LayerSizes:
     """Per-structure unit counts keeping about ``share`` of every structure (uneven: per-layer jitter)."""
     g = torch.Generator().manual_seed(seed)
-    shape = model.shape()
+    sizes = model.shape().sizes
 
     def jitter(n: int) -> List[float]:
         if pattern == "uniform":
@@ -69,15 +70,16 @@ def keep_counts(model: Wav2Vec2CtcPruning, share: float, pattern: str, seed: int
     def count(full: int, s: float, lowest: int) -> int:
         return max(lowest, min(full, int(round(full * s))))
 
-    cj, hj, fj = jitter(len(shape.conv_channels)), jitter(len(shape.heads)), jitter(len(shape.ffn_units))
-    return StructureCounts(
-        conv=[count(c, share * j, 1) for c, j in zip(shape.conv_channels, cj)],
-        heads=[count(h, share * j, 0) for h, j in zip(shape.heads, hj)],
-        ffn=[count(u, share * j, 0) for u, j in zip(shape.ffn_units, fj)],
+    cj, hj, fj = (jitter(len(sizes.conv_channels)), jitter(len(sizes.attention_heads)),
+                  jitter(len(sizes.ffn_units)))
+    return LayerSizes(
+        conv_channels=[count(c, share * j, 1) for c, j in zip(sizes.conv_channels, cj)],
+        attention_heads=[count(h, share * j, 0) for h, j in zip(sizes.attention_heads, hj)],
+        ffn_units=[count(u, share * j, 0) for u, j in zip(sizes.ffn_units, fj)],
     )
 
 
-def counts_for_budget(model: Wav2Vec2CtcPruning, target: float, pattern: str, seed: int) -> StructureCounts:
+def counts_for_budget(model: Wav2Vec2CtcPruning, target: float, pattern: str, seed: int) -> LayerSizes:
     """Bisection on the average share so that the exact MACs at 10 s are ``target`` of the dense model's."""
     shape = model.shape()
     dense = totals(cost_breakdown(shape, REFERENCE_SAMPLES))["total"].macs
@@ -89,7 +91,7 @@ def counts_for_budget(model: Wav2Vec2CtcPruning, target: float, pattern: str, se
     return keep_counts(model, hi, pattern, seed)
 
 
-def set_gates(model: Wav2Vec2CtcPruning, counts: StructureCounts, seed: int) -> None:
+def set_gates(model: Wav2Vec2CtcPruning, counts: LayerSizes, seed: int) -> None:
     """Open exactly ``counts`` randomly chosen units of every structure (log alpha +10), close the rest (-10)."""
     g = torch.Generator().manual_seed(seed)
     w2v = model.w2v_model
@@ -100,9 +102,9 @@ def set_gates(model: Wav2Vec2CtcPruning, counts: StructureCounts, seed: int) -> 
         with torch.no_grad():
             gate.log_alpha.copy_(la)
 
-    for gate, n in zip(w2v.conv_gates(), counts.conv):
+    for gate, n in zip(w2v.conv_gates(), counts.conv_channels):
         apply(gate, n)
-    for layer, h, u in zip(w2v.encoder_layers(), counts.heads, counts.ffn):
+    for layer, h, u in zip(w2v.encoder_layers(), counts.attention_heads, counts.ffn_units):
         apply(layer.head_gate, h)
         apply(layer.ffn_unit_gate, u)
 
@@ -123,11 +125,12 @@ def build_models(args: argparse.Namespace):
             exported = prune(gated, gated.cfg, round_to=args.round_to).model.eval()
             name = f"{pattern}-{target:g}"
             shape = exported.shape()
+            sizes = shape.sizes
             macs = totals(cost_breakdown(shape, REFERENCE_SAMPLES))["total"].macs
             models[name] = exported
             info[name] = {"macs": macs, "params": sum(p.numel() for p in exported.parameters()),
-                          "conv_channels": list(shape.conv_channels), "heads": list(shape.heads),
-                          "ffn_units": list(shape.ffn_units)}
+                          "conv_channels": list(sizes.conv_channels), "heads": list(sizes.attention_heads),
+                          "ffn_units": list(sizes.ffn_units)}
             del gated
     return models, info
 
