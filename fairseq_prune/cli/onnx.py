@@ -31,14 +31,14 @@ logger = logging.getLogger("fairseq_prune.onnx")
 EXPORTABLE = ("wav2vec2_ctc_pruning", "wav2vec_ctc")
 
 
+DESCRIPTION = ("Write a wav2vec2 CTC checkpoint (exported by fairseq-prune-export, or fairseq's wav2vec_ctc) as ONNX "
+               "with dynamic batch and audio length, the dictionary in its metadata, checked against PyTorch with "
+               "onnxruntime before it is written.")
+
+
 def get_parser() -> argparse.ArgumentParser:
     """The command-line options (see ``--help``)."""
-    p = argparse.ArgumentParser(
-        prog="fairseq-prune-onnx",
-        description="Write a wav2vec2 CTC checkpoint (exported by fairseq-prune-export, or fairseq's wav2vec_ctc) "
-        "as ONNX with dynamic batch and audio length, the dictionary in its metadata, checked against PyTorch "
-        "with onnxruntime before it is written.",
-    )
+    p = argparse.ArgumentParser(prog="fairseq-prune-onnx", description=DESCRIPTION)
     p.add_argument("checkpoint", help="exported (pruned) model, dense wav2vec2_ctc_pruning or wav2vec_ctc checkpoint")
     p.add_argument("output", help="the ONNX file to write (its folder must exist)")
     p.add_argument("--dict", dest="dict_file", default=None,
