@@ -248,7 +248,7 @@ class Wav2Vec2CtcPruning(Wav2VecCtc):
     @classmethod
     def from_w2v_args(cls, w2v_args, vocab_size: int, **fields) -> "Wav2Vec2CtcPruning":
         """Build (randomly initialised, no checkpoint or data folder needed) from a wav2vec2 pre-training
-        config, e.g. :func:`fairseq_prune.checkpoints.wav2vec2_pretraining_cfg` (or a HuBERT one mapped by
+        config, e.g. :func:`experiments.checkpoints.wav2vec2_pretraining_cfg` (or a HuBERT one mapped by
         :func:`fairseq_prune.hubert.hubert_as_wav2vec2`); ``fields`` set
         :class:`Wav2Vec2CtcPruningConfig` fields (gates, per-layer sizes, ...). For benchmarks and tools."""
         from fairseq.dataclass.configs import FairseqConfig
