@@ -5,11 +5,22 @@ from .common import PRETRAINED_MODEL, START_MODEL
 
 #: the demo's and the study's two protocols (see scripts/demo.py); a flag given on the command line wins
 PROTOCOLS = {
-    "finetuned": dict(start=START_MODEL, prune_from="dense", updates=800, lr=0.0003, target=[0.5],
-                      finetune_updates=600, seeds=[1], distill=0.0),
+    # the start model is the self-supervised mini wav2vec2 fine-tuned with CTC on both corpora
+    # (scripts/make_start_model.py): the dense baseline and HJ-Pruning-MAC (two targets, distilling from the
+    # start model) both continue from it for the same updates
+    "finetuned": dict(start=START_MODEL, prune_from="start", updates=400, lr=0.0002, target=[0.58, 0.78],
+                      warmup=200, finetune_updates=0, seeds=[1, 2], distill=1.0),
     "paper": dict(start=PRETRAINED_MODEL, prune_from="start", updates=1500, lr=0.0005, target=[0.55],
-                  finetune_updates=0, seeds=[1, 2], distill=0.0),
+                  warmup=300, finetune_updates=0, seeds=[1, 2], distill=0.0),
 }
+
+
+def presets(key: str) -> str:
+    """Each protocol's preset of one option, for --help texts: ``finetuned 400, paper 1500``."""
+    def show(v):
+        return " ".join(map(str, v)) if isinstance(v, list) else str(v)
+
+    return ", ".join(f"{name} {show(p[key])}" for name, p in PROTOCOLS.items())
 
 
 def resolve_protocol(args):
@@ -22,7 +33,8 @@ def resolve_protocol(args):
 
 def add_pruning_args(p) -> None:
     """The pruning runs' schedule options that `make demo` and `make study` share."""
-    p.add_argument("--warmup", type=int, default=300, help="target warm-up updates of the pruning runs")
+    p.add_argument("--warmup", type=int, help="target warm-up updates of the pruning runs (default: the "
+                                              "protocol's; without one, the recipe's)")
     p.add_argument("--lagrangian-lr", type=float, default=None,
                    help="learning rate of lambda_1 (dual ascent; default: the mini recipe's, 20); see README, "
                    "'Tuning the Lagrangian'")
@@ -33,7 +45,7 @@ def add_pruning_args(p) -> None:
 
 def pruning_overrides(args) -> List[str]:
     """fairseq-hydra-train overrides for the options of :func:`add_pruning_args`."""
-    out = [f"criterion.target_warmup_updates={args.warmup}"]
+    out = [] if args.warmup is None else [f"criterion.target_warmup_updates={args.warmup}"]
     if args.lagrangian_lr is not None:
         out.append(f"optimizer.groups.lagrangian.lr_float={args.lagrangian_lr}")
     if args.lambda_2_init is not None:

@@ -1,8 +1,11 @@
 """`make demo`: HJ-Pruning in miniature, end to end, on 2 CPU cores, with one of two protocols.
 
 --protocol finetuned (the default; the user who has a fine-tuned model that is too slow): start from the shipped
-mini wav2vec2 already fine-tuned with CTC (assets/start_model); fine-tune the dense baseline on each corpus, prune
-*that* model with HJ-Pruning-MAC, export it, fine-tune the exported model a little longer without gates.
+mini wav2vec2 that was pre-trained self-supervised and then fine-tuned with CTC on both corpora
+(assets/start_model, scripts/make_start_model.py); on each corpus and for each seed, fine-tune the dense baseline
+and, from the same start for the same updates, prune while fine-tuning with HJ-Pruning-MAC at two MAC targets,
+distilling from the start model; export. Fine-tuning the exported models without gates is an option
+(--finetune-updates N, rows of their own), as is pruning each seed's dense baseline (--prune-from dense).
 
 --protocol paper (the paper's): start from the shipped *self-supervised* mini wav2vec2 (assets/pretrained, made by
 scripts/make_pretrained_model.py with fairseq's own audio_pretraining task, wav2vec2 model and wav2vec criterion on
@@ -34,7 +37,7 @@ from typing import Dict, List
 from experiments.checkpoints import is_finetuned, random_init_model
 from experiments.common import REPO, log
 from experiments.corpora import SUBSETS, match_start_dictionary, prepare_corpora
-from experiments.protocols import PROTOCOLS, add_pruning_args, pruning_overrides, resolve_protocol
+from experiments.protocols import PROTOCOLS, add_pruning_args, presets, pruning_overrides, resolve_protocol
 from experiments.report import demo_table, plot_accuracy_vs_gmacs, summarise_seeds
 from experiments.runner import run_method
 from experiments.timing import time_against_dense
@@ -54,30 +57,29 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=os.path.join(REPO, "results"))
     p.add_argument("--corpora-work", default=None, help="where the synthetic corpora live (default: --work)")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="finetuned",
-                   help="finetuned: prune a fine-tuned dense model; paper: prune while fine-tuning from the "
-                        "self-supervised model (see the module docstring)")
+                   help="finetuned: prune while fine-tuning a fine-tuned model; paper: prune while fine-tuning "
+                        "from the self-supervised model (see the module docstring)")
     p.add_argument("--start", help="the model every run starts from (default: the protocol's)")
-    p.add_argument("--updates", type=int, help="fine-tuning updates per run, dense and pruning (finetuned 800, "
-                                               "paper 1500)")
-    p.add_argument("--seeds", type=int, nargs="+", help="one run of every row per seed (finetuned: 1; paper: 1 2)")
+    p.add_argument("--updates", type=int, help=f"fine-tuning updates per run, dense and pruning ({presets('updates')})")
+    p.add_argument("--seeds", type=int, nargs="+", help=f"one run of every row per seed ({presets('seeds')})")
     p.add_argument("--validations", type=int, default=2,
                    help="validations (and saved checkpoints) per run; checkpoint_best is the best within the budget")
     p.add_argument("--prune-from", choices=("start", "dense"),
-                   help="start: prune while fine-tuning from --start; dense: prune each seed's "
-                        "fine-tuned dense baseline (finetuned)")
+                   help=f"start: prune while fine-tuning from --start; dense: prune each seed's fine-tuned dense "
+                        f"baseline ({presets('prune_from')})")
     p.add_argument("--finetune-updates", type=int,
                    help="updates of fine-tuning the exported model without gates, reported in rows of their own "
-                        "(0: none; finetuned 600, paper 0)")
+                        f"(0: none; {presets('finetune_updates')})")
     p.add_argument("--distill", type=float,
                    help="distillation weight: each pruning run also learns from the start model if it is fine-tuned "
                         "with CTC, else from its seed's dense baseline (criterion.distill_teacher / distill_weight; "
-                        "the pruning runs then start after the dense ones); 0: none")
+                        f"the pruning runs then start after the dense ones); 0: none ({presets('distill')})")
     p.add_argument("--random-init", action="store_true",
                    help="add dense rows fine-tuned from a randomly initialised model of the same shape")
     add_pruning_args(p)
     p.add_argument("--target", type=float, nargs="+",
-                   help="HJ-Pruning-MAC targets, shares of the MACs, one row each (finetuned 0.5, paper 0.55)")
-    p.add_argument("--lr", type=float, help="peak learning rate of the model's weights (finetuned 3e-4, paper 5e-4)")
+                   help=f"HJ-Pruning-MAC targets, shares of the MACs, one row each ({presets('target')})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate of the model's weights ({presets('lr')})")
     p.add_argument("--max-tokens", type=int, default=160000, help="audio samples per batch")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each (1: one at a time)")
     p.add_argument("--corpora", nargs="+", default=["librispeech", "slurp"], choices=sorted(SUBSETS))

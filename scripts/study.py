@@ -2,7 +2,8 @@
 accuracy-vs-computation comparison at small scale (WER on mini LibriSpeech, intent accuracy on mini SLURP).
 
 The same two protocols as `make demo`: --protocol finetuned (default) fine-tunes each corpus's dense baseline from
-the shipped fine-tuned start model and every pruning method prunes that dense model; --protocol paper fine-tunes
+the shipped fine-tuned start model and every pruning method prunes while fine-tuning from the same start
+(--prune-from dense: prunes the dense baseline instead); --protocol paper fine-tunes
 the dense baseline from the self-supervised model (assets/pretrained) and every method prunes while fine-tuning
 from it, same updates. Each pruned model is exported and decodes the test subset (experiments/runner.py). Writes
 results/study.json, results/study.md and results/study_accuracy_vs_gmacs.png.
@@ -18,7 +19,7 @@ from typing import Dict, List
 
 from experiments.common import REPO, log
 from experiments.corpora import SUBSETS, match_start_dictionary, prepare_corpora
-from experiments.protocols import PROTOCOLS, add_pruning_args, pruning_overrides, resolve_protocol
+from experiments.protocols import PROTOCOLS, add_pruning_args, presets, pruning_overrides, resolve_protocol
 from experiments.report import plot_accuracy_vs_gmacs, study_table
 from experiments.runner import run_method
 
@@ -48,15 +49,16 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=os.path.join(REPO, "results"))
     p.add_argument("--corpora", nargs="+", default=["librispeech", "slurp"], choices=sorted(SUBSETS))
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="finetuned",
-                   help="finetuned: prune the fine-tuned dense baseline; paper: prune while fine-tuning from the "
-                        "self-supervised model")
+                   help="finetuned: prune while fine-tuning the fine-tuned start model; paper: prune while "
+                        "fine-tuning from the self-supervised model")
     p.add_argument("--start", help="the model the dense runs start from (default: the protocol's)")
     p.add_argument("--prune-from", choices=("start", "dense"),
-                   help="start: prune while fine-tuning from --start; dense: prune the fine-tuned dense baseline")
-    p.add_argument("--updates", type=int, help="updates per run (finetuned 800, paper 1500)")
+                   help=f"start: prune while fine-tuning from --start; dense: prune the fine-tuned dense baseline "
+                        f"({presets('prune_from')})")
+    p.add_argument("--updates", type=int, help=f"updates per run ({presets('updates')})")
     p.add_argument("--validations", type=int, default=4, help="validations (and saved checkpoints) per run")
     add_pruning_args(p)
-    p.add_argument("--lr", type=float, help="peak learning rate of the model's weights (finetuned 3e-4, paper 5e-4)")
+    p.add_argument("--lr", type=float, help=f"peak learning rate of the model's weights ({presets('lr')})")
     p.add_argument("--max-tokens", type=int, default=160000)
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each (1: one at a time)")
     p.add_argument("--only", nargs="*", help="run only these labels (e.g. 'dense' 'HJ-MAC 0.5')")

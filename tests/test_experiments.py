@@ -42,14 +42,16 @@ def test_resolve_protocol_fills_only_what_the_command_line_left_out():
     study = argparse.Namespace(protocol="finetuned", start=None, updates=None)  # no --target: left alone
     resolve_protocol(study)
     assert not hasattr(study, "target") and study.updates == PROTOCOLS["finetuned"]["updates"]
-    assert {"start", "prune_from", "updates", "lr", "target", "finetune_updates", "seeds", "distill"} <= set(
+    assert {"start", "prune_from", "updates", "lr", "target", "warmup", "finetune_updates", "seeds", "distill"} <= set(
         PROTOCOLS["finetuned"])
 
 
 def test_pruning_overrides():
     p = argparse.ArgumentParser()
     add_pruning_args(p)
-    assert pruning_overrides(p.parse_args([])) == ["criterion.target_warmup_updates=300"]
+    assert pruning_overrides(p.parse_args([])) == []  # the recipe's warm-up
+    args = resolve_protocol(argparse.Namespace(**vars(p.parse_args([])), protocol="finetuned"))
+    assert pruning_overrides(args) == [f"criterion.target_warmup_updates={PROTOCOLS['finetuned']['warmup']}"]
     assert pruning_overrides(p.parse_args(["--warmup", "10", "--lagrangian-lr", "5", "--lambda-2-init", "0"])) == [
         "criterion.target_warmup_updates=10", "optimizer.groups.lagrangian.lr_float=5.0", "criterion.lambda_2_init=0.0"]
 
