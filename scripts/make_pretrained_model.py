@@ -70,6 +70,8 @@ def record_minutes(work: str, minutes: float, updates: int) -> List[dict]:
 
 def main(args: argparse.Namespace) -> None:
     t0 = time.time()
+    # fairseq-hydra-train runs in its hydra.run.dir: every path it is given must be absolute
+    args.work, args.out = os.path.abspath(args.work), os.path.abspath(args.out)
     save = os.path.join(args.work, "train")
     if args.restart:
         shutil.rmtree(save, ignore_errors=True)

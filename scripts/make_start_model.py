@@ -76,6 +76,8 @@ def main(args: argparse.Namespace) -> None:
     from fairseq_prune.checkpoints import read_checkpoint
 
     t0 = time.time()
+    # fairseq-hydra-train runs in its hydra.run.dir: every path it is given must be absolute
+    args.work, args.corpora_work, args.out = map(os.path.abspath, (args.work, args.corpora_work, args.out))
     manifests = prepare_corpora(args.corpora_work, seed=args.seed)
     data = join_training_manifests(manifests, os.path.join(args.work, "manifest"))
     if args.init == "random":
