@@ -3,9 +3,9 @@
 --protocol finetuned (the default; the user who has a fine-tuned model that is too slow): start from the shipped
 mini wav2vec2 that was pre-trained self-supervised and then fine-tuned with CTC on both corpora
 (assets/start_model, scripts/make_start_model.py); on each corpus and for each seed, fine-tune the dense baseline
-and, from the same start for the same updates, prune while fine-tuning with HJ-Pruning-MAC at two MAC targets,
-distilling from the start model; export. Fine-tuning the exported models without gates is an option
-(--finetune-updates N, rows of their own), as is pruning each seed's dense baseline (--prune-from dense).
+and, from the same start for the same updates, prune while fine-tuning with HJ-Pruning-MAC at two MAC targets;
+export. Options: fine-tuning the exported models without gates (--finetune-updates N, rows of their own),
+pruning each seed's dense baseline (--prune-from dense), distilling from the start model (--distill W).
 
 --protocol paper (the paper's): start from the shipped *self-supervised* mini wav2vec2 (assets/pretrained, made by
 scripts/make_pretrained_model.py with fairseq's own audio_pretraining task, wav2vec2 model and wav2vec criterion on
