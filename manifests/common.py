@@ -60,8 +60,10 @@ def run_or_exit(body: Callable[[], None]) -> None:
 
 @contextlib.contextmanager
 def _terminate_by_exception():
-    """While the block runs, SIGTERM raises :class:`Terminated` in this process. Processes forked meanwhile (synthesis
-    workers) inherit the handler: there SIGTERM keeps its default action, so ``Pool.terminate()`` ends them quietly."""
+    """While the block runs, SIGTERM raises :class:`Terminated` in this process. Processes forked meanwhile inherit
+    the handler, which there re-sends the signal with its default action; a handler only runs once a blocked call
+    returns, so pool workers must not rely on it: :func:`manifests.espeak.run_jobs` gives its workers the default
+    action from the start."""
     if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
         yield
         return

@@ -4,6 +4,7 @@ processes (:func:`run_jobs`). Used by :mod:`manifests.synthesize` and :mod:`mani
 import multiprocessing
 import os
 import shutil
+import signal
 import struct
 import subprocess
 from dataclasses import dataclass
@@ -88,24 +89,41 @@ def _synthesize_safely(job: Job) -> Tuple[str, int, Optional[str]]:
         return job.path, 0, f"{type(e).__name__}: {e}"
 
 
+def _worker_signals() -> None:
+    """Pool initializer: a worker dies by the kernel's default action of SIGTERM (``Pool.terminate()`` sends it), so
+    no Python-level handler inherited from the parent can miss it while the worker waits on the task queue (a
+    handler runs only once the blocked call returns, and a signal landing just before ``sem_wait`` never makes it
+    return); Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_jobs(jobs: Sequence[Job], workers: int, shown: Callable[[str], str] = str) -> Dict[str, int]:
     """Synthesise every job (in ``workers`` processes); returns samples per path. ``shown`` maps a job's (temporary)
-    path to the name an error message gives."""
+    path to the name an error message gives. A pool whose work is done is closed and joined; it is terminated only
+    when the parent stops early (a failed job, SIGTERM, Ctrl-C)."""
     frames: Dict[str, int] = {}
     if workers == 1:
-        results = map(_synthesize_safely, jobs)
-        pool = None
-    else:
-        methods = multiprocessing.get_all_start_methods()
-        pool = multiprocessing.get_context("fork" if "fork" in methods else None).Pool(workers)
-        results = pool.imap(_synthesize_safely, jobs, chunksize=4)
+        for path, n, error in progress(map(_synthesize_safely, jobs), desc="synthesizing", unit="utt",
+                                       total=len(jobs)):
+            frames[path] = _checked(path, n, error, shown)
+        return frames
+    methods = multiprocessing.get_all_start_methods()
+    pool = multiprocessing.get_context("fork" if "fork" in methods else None).Pool(workers, _worker_signals)
     try:
+        results = pool.imap(_synthesize_safely, jobs, chunksize=4)
         for path, n, error in progress(results, desc="synthesizing", unit="utt", total=len(jobs)):
-            if error is not None:
-                raise ManifestError(f"{shown(path)}: synthesis failed ({error})")
-            frames[path] = n
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+            frames[path] = _checked(path, n, error, shown)
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
     return frames
+
+
+def _checked(path: str, n: int, error: Optional[str], shown: Callable[[str], str]) -> int:
+    if error is not None:
+        raise ManifestError(f"{shown(path)}: synthesis failed ({error})")
+    return n
