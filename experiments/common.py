@@ -9,18 +9,32 @@ from typing import Dict, List, Optional
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 
-#: the mini wav2vec2 (fairseq Wav2Vec2Config fields): 4 Transformer layers of 256, 4 heads of 64, FFN 1024,
-#: 7 conv layers of 128 channels. Like wav2vec2-base, the CNN is a large share of the compute (41% of the MACs
-#: at 10 s; base: 33%) and a small share of the parameters (7%; base: 4.5%).
+#: the mini wav2vec2 (fairseq Wav2Vec2Config fields) that assets/pretrained and assets/start_model hold, the one
+#: definition of its shape (examples/mini/pretraining.yaml writes the same, a test checks it): 6 Transformer layers
+#: of 256, 8 heads of 32, FFN 1024, 7 conv layers of 128 channels; 5.31 M parameters, 4.84 GMACs at 10 s, 32% of
+#: them in the CNN (wav2vec2-base: 33%), 48 heads in all.
 MINI_W2V = dict(
-    encoder_layers=4,
+    encoder_layers=6,
     encoder_embed_dim=256,
     encoder_ffn_embed_dim=1024,
-    encoder_attention_heads=4,
+    encoder_attention_heads=8,
     conv_feature_layers="[(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] * 2",
     conv_pos=64,
     conv_pos_groups=16,
 )
+#: the study's small dense control: half the mini model's MACs by design (2.42 of 4.84 GMACs at 10 s, 0.500),
+#: the same head width, FFN ratio and CNN share (31%): 5 layers of 192, 6 heads of 32, FFN 768, 88 conv channels;
+#: 2.52 M parameters. Pre-trained and fine-tuned with the same recipes as the mini model.
+SMALL_DENSE_W2V = dict(
+    MINI_W2V,
+    encoder_layers=5,
+    encoder_embed_dim=192,
+    encoder_ffn_embed_dim=768,
+    encoder_attention_heads=6,
+    conv_feature_layers="[(88, 10, 5)] + [(88, 3, 2)] * 4 + [(88, 2, 2)] * 2",
+)
+#: the shapes scripts/make_pretrained_model.py can pre-train (--shape)
+SHAPES = {"mini": MINI_W2V, "small": SMALL_DENSE_W2V}
 
 #: the mini wav2vec2 fine-tuned with CTC (scripts/make_start_model.py) and the dictionary it was fine-tuned with
 START_MODEL = os.path.join(REPO, "assets", "start_model", "wav2vec_ctc_mini.pt")

@@ -20,7 +20,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Tuple, TypeVar
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 if __package__ in (None, ""):  # run as a file: make ``manifests`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -51,12 +51,16 @@ PITCH_RANGE = (25, 75)  # 0-99 (default 50)
 PEAK_RANGE = (0.35, 0.9)  # peak sample level after scaling
 
 LIBRI_SUBSETS = ("train-clean-100", "dev-clean", "test-clean")
+#: dev and test sets large enough to tell methods apart (>= 800 utterances and 40 voices each: one standard error of
+#: an intent accuracy near 90% is about 1 point); slurp sentences get 1-2 recordings (560 sentences: ~840)
 DEFAULTS = {
-    "librispeech": dict(train_utts=1800, dev_utts=180, test_utts=180, synthetic_utts=0),
-    "slurp": dict(train_utts=1000, dev_utts=120, test_utts=120, synthetic_utts=200),
+    "librispeech": dict(train_utts=3600, dev_utts=840, test_utts=840, synthetic_utts=0),
+    "slurp": dict(train_utts=2000, dev_utts=560, test_utts=560, synthetic_utts=200),
 }
 T = TypeVar("T")
-SPEAKER_DEFAULTS = dict(train_speakers=200, dev_speakers=10, test_speakers=10)
+#: draws of :func:`unique_item` before it gives up on finding an allowed sentence
+STRICT_TRIES = 20000
+SPEAKER_DEFAULTS = dict(train_speakers=200, dev_speakers=40, test_speakers=40)
 
 
 @dataclass(frozen=True)
@@ -94,9 +98,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="corpus folder to create (the LibriSpeech root or SLURP checkout)")
     p.add_argument("--seed", type=int, default=1, help="fixes text, speakers and therefore audio (default 1)")
     p.add_argument("--train-utts", type=int, default=None,
-                   help="training sentences (default: librispeech 1800, slurp 1000 with 1-2 recordings each)")
-    p.add_argument("--dev-utts", type=int, default=None, help="dev sentences (default: librispeech 180, slurp 120)")
-    p.add_argument("--test-utts", type=int, default=None, help="test sentences (default: librispeech 180, slurp 120)")
+                   help="training sentences (default: librispeech 3600, slurp 2000 with 1-2 recordings each)")
+    p.add_argument("--dev-utts", type=int, default=None, help="dev sentences (default: librispeech 840, slurp 560)")
+    p.add_argument("--test-utts", type=int, default=None, help="test sentences (default: librispeech 840, slurp 560)")
     p.add_argument("--synthetic-utts", type=int, default=None,
                    help="slurp: sentences of train_synthetic.jsonl, one slurp_synth recording each (default 200)")
     p.add_argument("--max-recordings", type=int, default=2,
@@ -157,15 +161,23 @@ def make_speakers(rng: random.Random, sizes: Dict[str, int], id_format: str) -> 
     return speakers
 
 
-def unique_item(rng: random.Random, make: Callable[[random.Random], T], key: Callable[[T], str], seen: set) -> T:
-    """An item from ``make(rng)`` whose ``key`` was not produced before in the corpus (after 50 tries a repeat is
-    accepted, so that a small grammar cannot loop forever)."""
-    for _attempt in range(50):
+def unique_item(rng: random.Random, make: Callable[[random.Random], T], key: Callable[[T], str], seen: set,
+                forbidden: Optional[set] = None) -> T:
+    """An item from ``make(rng)`` whose ``key`` was not produced before in the corpus (``seen``, which grows). After
+    50 tries a repeat from ``seen`` is accepted, so that a small grammar cannot loop forever, but never one from
+    ``forbidden`` (held-out sentences: pass ``seen`` itself for an item that must be new); when ``make`` keeps
+    giving forbidden items, the grammar is exhausted and that is an error."""
+    forbidden = set() if forbidden is None else forbidden
+    item = None
+    for attempt in range(STRICT_TRIES):
         item = make(rng)
-        if key(item) not in seen:
-            break
-    seen.add(key(item))
-    return item
+        k = key(item)
+        if k in forbidden or (k in seen and attempt < 50):
+            continue
+        seen.add(k)
+        return item
+    raise ManifestError(f"no unused sentence left after {STRICT_TRIES} tries (the last: {key(item)!r}): the "
+                        "grammar is exhausted; ask for fewer sentences")
 
 
 # ---------------------------------------------------------------------------------------------- LibriSpeech layout
@@ -181,7 +193,9 @@ def plan_librispeech(rng: random.Random, sizes: Dict[str, int], root: str) -> Pl
     speaker_lines = []
     for split, subset in zip(("train", "dev", "test"), LIBRI_SUBSETS):
         chapters = {s.id: [next(chapter_ids) for _ in range(rng.randint(1, 2))] for s in speakers[split]}
-        sentences = [unique_item(rng, synth_text.story_sentence, str, seen) for _ in range(sizes[f"{split}_utts"])]
+        held_out = seen if split != "train" else None  # dev/test sentences occur nowhere else in the corpus
+        sentences = [unique_item(rng, synth_text.story_sentence, str, seen, held_out)
+                     for _ in range(sizes[f"{split}_utts"])]
         trans: Dict[Tuple[str, int], List[str]] = defaultdict(list)
         for i, sentence in enumerate(sentences):
             spk = speakers[split][i % len(speakers[split])]
@@ -251,7 +265,8 @@ def plan_slurp(rng: random.Random, sizes: Dict[str, int], root: str, max_recordi
              ("devel", "dev", "dev_utts", "slurp_real", max_recordings),
              ("test", "test", "test_utts", "slurp_real", max_recordings)]
     for name, split, size_key, audio_dir, most in parts:
-        commands = [unique_item(rng, functools.partial(synth_text.command, intent), _sentence, seen)
+        held_out = seen if split != "train" else None  # devel/test sentences occur nowhere else in the corpus
+        commands = [unique_item(rng, functools.partial(synth_text.command, intent), _sentence, seen, held_out)
                     for intent in _balanced_intents(rng, sizes[size_key])]
         lines = []
         recordings = 0

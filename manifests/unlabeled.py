@@ -93,10 +93,12 @@ def _sentence(rng: random.Random, intents: List[str]) -> str:
     return synth_text.story_sentence(rng)
 
 
-def plan(rng: random.Random, sizes: Dict[str, int], speakers: List[Speaker], seen: Set[str],
+def plan(rng: random.Random, sizes: Dict[str, int], speakers: List[Speaker], excluded: Set[str],
          root: str) -> Dict[str, List[Job]]:
-    """Jobs per split (``sizes``: split -> utterances) with sentences not in ``seen`` (which grows), speakers in
-    turn from one shuffled order; file names count each speaker's utterances across all splits."""
+    """Jobs per split (``sizes``: split -> utterances) with sentences never in ``excluded`` (the held-out ones) and
+    as far as the grammar allows not repeated, speakers in turn from one shuffled order; file names count each
+    speaker's utterances across all splits."""
+    seen = set(excluded)
     intents = synth_text.intents()
     order = list(speakers)
     rng.shuffle(order)
@@ -106,7 +108,7 @@ def plan(rng: random.Random, sizes: Dict[str, int], speakers: List[Speaker], see
     for split, n in sizes.items():
         splits[split] = []
         for _ in range(n):
-            text = unique_item(rng, lambda r: _sentence(r, intents), str, seen)
+            text = unique_item(rng, lambda r: _sentence(r, intents), str, seen, excluded)
             spk = order[turn % len(order)]
             turn += 1
             counts[spk.id] = counts.get(spk.id, 0) + 1

@@ -25,7 +25,7 @@ import time
 from typing import List
 
 from experiments.checkpoints import ship_checkpoint
-from experiments.common import PRETRAINED_MODEL, PY, REPO, command_env, log
+from experiments.common import MINI_W2V, PRETRAINED_MODEL, PY, REPO, SHAPES, command_env, log
 from experiments.corpora import prepare_unlabeled_corpus
 from experiments.fairseq_log import last_records
 
@@ -38,16 +38,28 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads of the training process (0: default)")
     p.add_argument("--restart", action="store_true", help="start over instead of resuming WORK/train")
-    p.add_argument("--out", default=PRETRAINED_MODEL)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="mini",
+                   help="mini: the shipped model (the recipe's shape); small: the study's small dense control, "
+                        "half the MACs (experiments/common.py)")
+    p.add_argument("--corpus-work", help="folder whose corpus/ holds the unlabeled corpus (default: --work); "
+                                         "two shapes pre-trained on one corpus share it")
+    p.add_argument("--out", help="the shipped checkpoint (default: assets/pretrained/wav2vec2_SHAPE.pt)")
     return p
 
 
-def pretrain(corpus: str, save: str, updates: int, seed: int, threads: int) -> None:
+def shape_overrides(shape: str) -> List[str]:
+    """fairseq-hydra-train overrides of the recipe's model shape (none for the recipe's own, mini)."""
+    fields = SHAPES[shape]
+    return [] if fields == MINI_W2V else [f"model.{k}='{v}'" if isinstance(v, str) else f"model.{k}={v}"
+                                          for k, v in fields.items()]
+
+
+def pretrain(corpus: str, save: str, updates: int, seed: int, threads: int, *overrides: str) -> None:
     """fairseq-hydra-train with the pre-training recipe; resumes from ``save``/checkpoint_last.pt when present.
     Its log is appended to ``save``/train.log."""
     cmd = [PY, "-m", "fairseq_cli.hydra_train", "--config-dir", "examples/mini", "--config-name", "pretraining",
            f"task.data={corpus}", f"optimization.max_update={updates}", f"common.seed={seed}",
-           f"checkpoint.save_dir={save}", f"hydra.run.dir={save}/hydra"]
+           f"checkpoint.save_dir={save}", f"hydra.run.dir={save}/hydra", *overrides]
     env = command_env(threads)
     os.makedirs(save, exist_ok=True)
     with open(os.path.join(save, "train.log"), "a") as log_file:
@@ -71,15 +83,16 @@ def record_minutes(work: str, minutes: float, updates: int) -> List[dict]:
 def main(args: argparse.Namespace) -> None:
     t0 = time.time()
     # fairseq-hydra-train runs in its hydra.run.dir: every path it is given must be absolute
-    args.work, args.out = os.path.abspath(args.work), os.path.abspath(args.out)
+    out = args.out or os.path.join(os.path.dirname(PRETRAINED_MODEL), f"wav2vec2_{args.shape}.pt")
+    args.work, args.out = os.path.abspath(args.work), os.path.abspath(out)
     save = os.path.join(args.work, "train")
     if args.restart:
         shutil.rmtree(save, ignore_errors=True)
         if os.path.exists(os.path.join(args.work, "runs.json")):
             os.remove(os.path.join(args.work, "runs.json"))
-    corpus = prepare_unlabeled_corpus(args.work, args.utts, args.seed)
+    corpus = prepare_unlabeled_corpus(os.path.abspath(args.corpus_work or args.work), args.utts, args.seed)
     log(f"pre-training for {args.updates} updates in all (log: {save}/train.log; resumes when started again)")
-    pretrain(corpus, save, args.updates, args.seed, args.threads)
+    pretrain(corpus, save, args.updates, args.seed, args.threads, *shape_overrides(args.shape))
     runs = record_minutes(args.work, (time.time() - t0) / 60, args.updates)
     with open(os.path.join(save, "train.log")) as f:
         records = last_records(f)
@@ -87,7 +100,7 @@ def main(args: argparse.Namespace) -> None:
         synthesis = json.load(f)
     provenance = {
         "made_by": "scripts/make_pretrained_model.py", "recipe": "examples/mini/pretraining.yaml",
-        "updates": args.updates, "seed": args.seed, "threads": args.threads,
+        "shape": args.shape, "updates": args.updates, "seed": args.seed, "threads": args.threads,
         "minutes": round(sum(r["minutes"] for r in runs), 1), "invocations": len(runs),
         "corpus": {"utts": args.utts, "hours": synthesis["hours"]},
         "last_train": records["train"], "last_valid": records["valid"],

@@ -257,11 +257,54 @@ def test_defaults_match_the_readme():
     """The README states the default sizes; keep them in step with the code."""
     readme = open(os.path.join(os.path.dirname(os.path.dirname(synthesize.__file__)), "manifests", "README.md")).read()
     p = synthesize.get_parser().parse_args(["--layout", "slurp", "--out", "x"])
-    assert p.train_speakers == 200 and p.dev_speakers == 10 and p.test_speakers == 10 and p.max_recordings == 2
-    assert synthesize.DEFAULTS["librispeech"] == dict(train_utts=1800, dev_utts=180, test_utts=180, synthetic_utts=0)
-    assert synthesize.DEFAULTS["slurp"] == dict(train_utts=1000, dev_utts=120, test_utts=120, synthetic_utts=200)
-    for fragment in ("1,800", "180", "1,000", "120", "200", "200 / 10 / 10"):
+    assert p.train_speakers == 200 and p.dev_speakers == 40 and p.test_speakers == 40 and p.max_recordings == 2
+    assert synthesize.DEFAULTS["librispeech"] == dict(train_utts=3600, dev_utts=840, test_utts=840, synthetic_utts=0)
+    assert synthesize.DEFAULTS["slurp"] == dict(train_utts=2000, dev_utts=560, test_utts=560, synthetic_utts=200)
+    for fragment in ("3,600", "840", "2,000", "560", "200", "200 / 40 / 40"):
         assert fragment in readme, fragment
+
+
+def _default_plan(layout: str):
+    sizes = {**synthesize.DEFAULTS[layout], **synthesize.SPEAKER_DEFAULTS}
+    if layout == "librispeech":
+        plan = synthesize.plan_librispeech(random.Random(1), sizes, "/")
+        split_of = {j.path: j.path.split("/")[1] for j in plan.jobs}
+    else:
+        plan = synthesize.plan_slurp(random.Random(1), sizes, "/", 2)
+        split_of = {}
+        for name in ("train", "train_synthetic", "devel", "test"):
+            for line in plan.texts[f"dataset/slurp/{name}.jsonl"].splitlines():
+                split_of.update({f"{r['file']}": name for r in json.loads(line)["recordings"]})
+        split_of = {j.path: split_of[os.path.basename(j.path)] for j in plan.jobs}
+    groups = defaultdict(list)
+    for j in plan.jobs:
+        groups[split_of[j.path]].append(j)
+    return groups
+
+
+@pytest.mark.parametrize("layout, held_out", [("librispeech", ("dev-clean", "test-clean")),
+                                              ("slurp", ("devel", "test"))])
+def test_default_eval_sets_can_tell_methods_apart(layout, held_out):
+    """The study's bar: dev and test of >= 800 recordings and 40 voices each (planned at the default sizes, seed 1),
+    disjoint in voice+variant and in sentences from training and from each other."""
+    groups = _default_plan(layout)
+    train = [j for name, js in groups.items() if name not in held_out for j in js]
+    dev, test = (groups[name] for name in held_out)
+    for js in (dev, test):
+        assert len(js) >= 800 and len({j.voice for j in js}) == 40
+        assert not {j.voice for j in js} & {j.voice for j in train}
+        assert not {j.text for j in js} & {j.text for j in train}
+    assert not {j.voice for j in dev} & {j.voice for j in test} and not {j.text for j in dev} & {j.text for j in test}
+    assert len({j.text for j in dev}) == len({j.text for j in test}) == synthesize.DEFAULTS[layout]["dev_utts"]
+
+
+def test_unique_item_never_gives_a_held_out_item():
+    rng = random.Random(0)
+    make = lambda r: r.choice("abc")  # noqa: E731  (a grammar of three sentences)
+    seen = {"a", "b"}
+    assert [synthesize.unique_item(rng, make, str, seen, {"a", "b"}) for _ in range(5)] == ["c"] * 5
+    with pytest.raises(synthesize.ManifestError, match="grammar is exhausted"):
+        synthesize.unique_item(rng, make, str, seen, seen)
 
 
 # The command as `make demo` runs it: main() (run_or_exit installs the parent's SIGTERM handler, which the pool's

@@ -38,8 +38,8 @@ def test_manifests_list_every_file_with_its_frames(tmp_path):
 
 def test_no_held_out_speaker_or_sentence_of_the_labeled_corpora(tmp_path):
     voices, sentences = unlabeled.held_out(corpora_seed=1)
-    # the labeled corpora's own dev/test speakers (10 + 10, the same pairs in both layouts) and sentences
-    assert len(voices) == 20 and len(sentences) >= 180 + 2 * 120
+    # the labeled corpora's own dev/test speakers (40 + 40, the same pairs in both layouts) and sentences
+    assert len(voices) == 80 and len(sentences) == 2 * 840 + 2 * 560
     rng = random.Random(1)
     sizes = {**synthesize.DEFAULTS["librispeech"], **synthesize.SPEAKER_DEFAULTS}
     speakers = synthesize.make_speakers(rng, sizes, "{}")
@@ -47,7 +47,7 @@ def test_no_held_out_speaker_or_sentence_of_the_labeled_corpora(tmp_path):
     make(tmp_path / "u")
     settings = json.load(open(tmp_path / "u" / "synthesis.json"))
     used = {f"{s['voice']}+{s['variant']}" for s in settings["speakers"]}
-    assert len(used) == 8 * 55 - 20 and not used & voices
+    assert len(used) == 8 * 55 - 80 and not used & voices
     jobs = unlabeled.plan(random.Random(5), {"train": 500}, unlabeled.make_speakers(random.Random(5), voices),
                           set(sentences), "/x")["train"]
     assert not {j.text for j in jobs} & sentences
