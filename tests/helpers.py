@@ -222,3 +222,21 @@ def save_finetuned(model, cfg, path: str):
     }
     save_atomic(state, path, force=True)
     return model.eval()
+
+
+def criterion_and_batch(small_w2v, noise_data, **crit_kw):
+    """A gated model (conv channels, heads, FFN units; no time masking) in training mode, a ctc_pruning criterion
+    with ``crit_kw`` and a padded batch of 4 training utterances."""
+    from fairseq_prune.criterions.ctc_pruning import CtcPruningCriterion, CtcPruningCriterionConfig
+    from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
+
+    task, model = build(
+        Wav2Vec2CtcPruningConfig(w2v_path=small_w2v, feature_grad_mult=1.0, prune_conv_channels=True,
+                                 prune_attention_heads=True, prune_ffn_units=True, apply_mask=False),
+        noise_data,
+    )
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    sample = ds.collater([ds[i] for i in range(4)])
+    crit = CtcPruningCriterion(CtcPruningCriterionConfig(sentence_avg=True, **crit_kw), task)
+    return model.train(), crit, sample

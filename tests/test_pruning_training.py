@@ -11,7 +11,8 @@ import torch
 
 from fairseq_prune.criterions.ctc_pruning import CtcPruningCriterion, CtcPruningCriterionConfig
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
-from helpers import REPO, VENV_BIN, build, finish, hydra_train, hydra_train_command, log_records, start
+from helpers import (REPO, VENV_BIN, build, criterion_and_batch, finish, hydra_train, hydra_train_command,
+                     log_records, start)
 
 BUDGET_RUNS = {
     "hj_macs": ({"": 0.5}, []),
@@ -78,19 +79,6 @@ def test_best_checkpoint_metric_counts_only_models_within_budget(small_w2v, nois
     assert log["det_over_budget"] == pytest.approx(over)
     penalty = 0.0 if within else 1000.0 + 1000.0 * over
     assert stats["wer_in_budget"] == pytest.approx(stats["wer"] + penalty, abs=1e-3)
-
-
-def criterion_and_batch(small_w2v, noise_data, **crit_kw):
-    task, model = build(
-        Wav2Vec2CtcPruningConfig(w2v_path=small_w2v, feature_grad_mult=1.0, prune_conv_channels=True,
-                                 prune_attention_heads=True, prune_ffn_units=True, apply_mask=False),
-        noise_data,
-    )
-    task.load_dataset("train")
-    ds = task.dataset("train")
-    sample = ds.collater([ds[i] for i in range(4)])
-    crit = CtcPruningCriterion(CtcPruningCriterionConfig(sentence_avg=True, **crit_kw), task)
-    return model.train(), crit, sample
 
 
 def test_lambda_ascends_while_budget_exceeded_and_descends_below(small_w2v, noise_data):

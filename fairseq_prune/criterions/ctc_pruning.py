@@ -14,7 +14,7 @@ added multiplied by the sample size: after normalisation it weighs exactly as wr
 """
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from fairseq import metrics
@@ -27,6 +27,7 @@ from ..cost import Cost, cost_breakdown, totals
 from ..errors import ConfigError, one_line_errors
 from ..modules.hard_concrete import LAGRANGIAN_PARAM_GROUP
 from .distillation import CtcTeacher
+from .layer_distillation import HiddenStateMaps, hidden_states
 
 BUDGETS = ChoiceEnum(["size", "sep_size", "macs"])
 TRANSFORMER_GROUPS = ("attention_heads", "attention_layers", "ffn_units", "ffn_layers")
@@ -76,7 +77,19 @@ class CtcPruningCriterionConfig(CtcCriterionConfig):
     )
     distill_weight: float = field(
         default=0.0,
-        metadata={"help": "weight of the distillation term: loss = CTC + distill_weight * summed frame KL (>= 0)"},
+        metadata={"help": "weight of the output distillation term: loss = CTC + distill_weight * summed frame KL "
+                  "(>= 0)"},
+    )
+    distill_layers: List[int] = field(
+        default_factory=list,
+        metadata={"help": "layer-wise distillation (with distill_layer_weight > 0): Transformer layers, 1-based, "
+                  "whose outputs are mapped by a linear layer (initialised to the identity, trained, never "
+                  "exported) onto the teacher's outputs of the same layers, e.g. [2, 4, 6]"},
+    )
+    distill_layer_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of the layer-wise term: loss += distill_layer_weight * sum over distill_layers "
+                  "and frames of (mean L1 distance + 1 - cosine similarity) (>= 0)"},
     )
     budget_tolerance: float = field(
         default=0.01,
@@ -114,6 +127,22 @@ def _check_target(name: str, value: Optional[float]) -> float:
     return float(value)
 
 
+def _check_distillation(cfg: CtcPruningCriterionConfig) -> Tuple[float, float]:
+    """The output and layer-wise distillation weights; a teacher needs a term to distil with and vice versa."""
+    weights = {"distill_weight": cfg.distill_weight, "distill_layer_weight": cfg.distill_layer_weight}
+    for name, w in weights.items():
+        if w < 0:
+            raise ConfigError(f"criterion.{name}={w} must be >= 0")
+    if any(w > 0 for w in weights.values()) != bool(cfg.distill_teacher):
+        raise ConfigError(f"criterion.distill_weight={cfg.distill_weight}, distill_layer_weight="
+                          f"{cfg.distill_layer_weight} and distill_teacher={cfg.distill_teacher!r}: distillation "
+                          "needs both (a teacher and a weight > 0)")
+    if (cfg.distill_layer_weight > 0) != bool(cfg.distill_layers):
+        raise ConfigError(f"criterion.distill_layers={list(cfg.distill_layers)} and distill_layer_weight="
+                          f"{cfg.distill_layer_weight}: layer-wise distillation needs both (layers and a weight > 0)")
+    return float(cfg.distill_weight), float(cfg.distill_layer_weight)
+
+
 @register_criterion("ctc_pruning", dataclass=CtcPruningCriterionConfig)
 class CtcPruningCriterion(CtcCriterion):
     def __init__(self, cfg: CtcPruningCriterionConfig, task) -> None:
@@ -145,11 +174,12 @@ class CtcPruningCriterion(CtcCriterion):
         for p in (self.lambda_1, self.lambda_2):
             p.param_group = LAGRANGIAN_PARAM_GROUP
         self._original: Optional[Dict[str, Cost]] = None
-        if cfg.distill_weight < 0 or (cfg.distill_weight > 0) != bool(cfg.distill_teacher):
-            raise ConfigError(f"criterion.distill_weight={cfg.distill_weight} and criterion.distill_teacher="
-                              f"{cfg.distill_teacher!r}: distillation needs both (a teacher and a weight > 0)")
-        self.distill_weight = cfg.distill_weight
+        self.distill_weight, self.distill_layer_weight = _check_distillation(cfg)
         self.teacher = CtcTeacher(cfg.distill_teacher, task) if cfg.distill_teacher else None
+        self.layer_maps = None
+        if self.distill_layer_weight > 0:
+            w2v = self.teacher.model.w2v_encoder.w2v_model.cfg
+            self.layer_maps = HiddenStateMaps(list(cfg.distill_layers), w2v.encoder_embed_dim, w2v.encoder_layers)
 
     # ---------------------------------------------------------------------------------------------- budget
     def current_targets(self, num_updates: int) -> List[float]:
@@ -203,8 +233,8 @@ class CtcPruningCriterion(CtcCriterion):
 
     # --------------------------------------------------------------------------------------------- forward
     def _ctc(self, model, sample, reduce: bool):
-        """fairseq's CTC loss and, when training with a teacher, the summed frame KL to the teacher from the same
-        student forward pass; returns (ctc, kl or None, sample_size, logging_output)."""
+        """fairseq's CTC loss and, when training with a teacher, the distillation terms from the same student
+        forward pass (weights applied); returns (ctc, distillation or None, sample_size, logging_output)."""
         if self.teacher is None or not model.training:
             loss, sample_size, logging_output = super().forward(model, sample, reduce=reduce)
             return loss, None, sample_size, logging_output
@@ -214,13 +244,23 @@ class CtcPruningCriterion(CtcCriterion):
             loss, sample_size, logging_output = super().forward(model, sample, reduce=reduce)
         finally:
             hook.remove()
-        kl = self.teacher.kl(sample["net_input"], outputs[-1])
-        logging_output["distill_loss"] = kl.item()
-        return loss, kl, sample_size, logging_output
+        student = outputs[-1]
+        teacher = self.teacher.outputs(sample["net_input"])
+        distill = loss.new_zeros(())
+        if self.distill_weight > 0:
+            kl = self.teacher.kl(teacher, student)
+            logging_output["distill_loss"] = kl.item()
+            distill = distill + self.distill_weight * kl
+        if self.layer_maps is not None:
+            layers = self.layer_maps(hidden_states(student["layer_results"]), teacher["hidden"],
+                                     student.get("padding_mask"))
+            logging_output["distill_layer_loss"] = layers.item()
+            distill = distill + self.distill_layer_weight * layers
+        return loss, distill, sample_size, logging_output
 
     def forward(self, model, sample, reduce=True, **kwargs):
-        ctc, kl, sample_size, logging_output = self._ctc(model, sample, reduce)
-        loss = ctc if kl is None else ctc + self.distill_weight * kl
+        ctc, distill, sample_size, logging_output = self._ctc(model, sample, reduce)
+        loss = ctc if distill is None else ctc + distill
         inner = _unwrap(model)
         if self._original is None:
             self.check_budget(inner)
@@ -276,7 +316,7 @@ class CtcPruningCriterion(CtcCriterion):
         n = sum(log.get("_prune_n", 0) for log in logging_outputs)
         if n == 0:
             return
-        for key in ("ctc_loss", "reg_loss", "distill_loss"):
+        for key in ("ctc_loss", "reg_loss", "distill_loss", "distill_layer_loss"):
             total = sum(log.get(key, 0) for log in logging_outputs)
             metrics.log_scalar(key, total / max(sample_size, 1) / math.log(2), sample_size, round=3)
         keys = sorted({k for log in logging_outputs for k in log})

@@ -1,6 +1,7 @@
 """Distillation from a dense CTC teacher while pruning (the prediction-layer distillation of CoFi and DPHuBERT,
 applied to CTC posteriors): the pruned student's frame posteriors are pulled towards a frozen, fine-tuned dense
-model's on the same (unmasked) audio.
+model's on the same (unmasked) audio. The same teacher pass gives the hidden states of layer-wise distillation
+(:mod:`.layer_distillation`).
 
     distill = sum over the batch's non-padded frames t of  KL(p_teacher(. | t) || p_student(. | t))
 
@@ -14,6 +15,7 @@ from fairseq import models
 
 from ..checkpoints import read_checkpoint
 from ..errors import CheckpointError, ConfigError, one_line
+from .layer_distillation import hidden_states
 
 
 class CtcTeacher:
@@ -42,20 +44,22 @@ class CtcTeacher:
         self.path = path
 
     @torch.no_grad()
-    def log_probs(self, net_input: Dict[str, Any]) -> torch.Tensor:
-        """Teacher log-probabilities, (T, B, V), float32."""
+    def outputs(self, net_input: Dict[str, Any]) -> Dict[str, Any]:
+        """One teacher forward pass: ``log_probs`` ``(T, B, V)`` float32 and ``hidden``, every Transformer layer's
+        output ``(T, B, C)`` (for layer-wise distillation)."""
         source = net_input["source"]
         if next(self.model.parameters()).device != source.device:
             self.model.to(source.device)
         out = self.model(**net_input)
-        return self.model.get_normalized_probs(out, log_probs=True).float()
+        return {"log_probs": self.model.get_normalized_probs(out, log_probs=True).float(),
+                "hidden": hidden_states(out.get("layer_results") or [])}
 
-    def kl(self, net_input: Dict[str, Any], student_out: Dict[str, Any]) -> torch.Tensor:
+    def kl(self, teacher_out: Dict[str, Any], student_out: Dict[str, Any]) -> torch.Tensor:
         """Summed KL(teacher || student) over the non-padded frames (a scalar with the student's gradient).
 
-        ``student_out`` is the student's net output: ``encoder_out`` (T, B, V) logits, ``padding_mask`` (B, T) or
-        None."""
-        teacher = self.log_probs(net_input)
+        ``teacher_out``: :meth:`outputs`; ``student_out`` is the student's net output: ``encoder_out`` (T, B, V)
+        logits, ``padding_mask`` (B, T) or None."""
+        teacher = teacher_out["log_probs"]
         logits = student_out["encoder_out"]
         if teacher.shape != logits.shape:
             raise ConfigError(f"criterion.distill_teacher={self.path}: the teacher outputs {tuple(teacher.shape)} "
