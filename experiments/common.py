@@ -60,8 +60,10 @@ def command_env(threads: int = 0, extra: Optional[Dict[str, str]] = None) -> Dic
 def run(cmd: List[str], log_file: str = None, env: Dict[str, str] = None) -> str:
     """Run a command in the checkout; its output goes to ``log_file`` (if given) and is returned. Fails loudly
     with the tail."""
-    p = subprocess.run(cmd, cwd=REPO, env=command_env(extra=env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True)
+    from .processes import run as run_child  # in a process group of its own: stopped with the program
+
+    p = run_child(cmd, cwd=REPO, env=command_env(extra=env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                  text=True)
     if log_file:
         os.makedirs(os.path.dirname(log_file), exist_ok=True)
         with open(log_file, "w") as f:

@@ -9,6 +9,7 @@ from typing import Dict
 from manifests.synthesize import DEFAULTS, SPEAKER_DEFAULTS
 
 from .common import PY, REPO, START_DICT, START_MODEL, log, run
+from .processes import run as run_child
 
 #: the subsets of the synthetic corpora (LibriSpeech and SLURP names)
 SUBSETS = {
@@ -68,8 +69,8 @@ def prepare_unlabeled_corpus(work: str, utts: int, seed: int) -> str:
     settings = {"utts": utts, "seed": seed}
     if not _synthesised(stamp, settings):
         log(f"synthesising the unlabeled corpus ({utts} utterances) in {corpus}")
-        out = subprocess.run([PY, "manifests/unlabeled.py", "--out", corpus, "--utts", str(utts), "--seed",
-                              str(seed), "--overwrite"], cwd=REPO, text=True, capture_output=True)
+        out = run_child([PY, "manifests/unlabeled.py", "--out", corpus, "--utts", str(utts), "--seed", str(seed),
+                         "--overwrite"], cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if out.returncode != 0:
             raise SystemExit(f"manifests/unlabeled.py failed: {out.stderr.strip().splitlines()[-1:]}")
         print(out.stdout.strip(), flush=True)

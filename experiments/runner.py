@@ -11,6 +11,7 @@ from typing import List
 from .common import PY, REPO, START_MODEL, command_env, log, run
 from .corpora import SUBSETS
 from .fairseq_log import progress_line
+from .processes import popen
 from .report import row_cells
 from .timing import load_model
 
@@ -38,8 +39,8 @@ def train(corpus: str, method: str, manifest: str, save_dir: str, updates: int, 
            f"hydra.run.dir={save_dir}/hydra", *overrides]
     _fresh_save_dir(save_dir)
     lines = []
-    with subprocess.Popen(cmd, cwd=REPO, env=command_env(threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as p:
+    with popen(cmd, cwd=REPO, env=command_env(threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+               text=True) as p:
         for line in p.stdout:
             lines.append(line)
             found = progress_line(line, updates)

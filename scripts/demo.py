@@ -37,6 +37,7 @@ from typing import Dict, List
 from experiments.checkpoints import is_finetuned, random_init_model
 from experiments.common import REPO, log
 from experiments.corpora import SUBSETS, match_start_dictionary, prepare_corpora
+from experiments.processes import stopping_children
 from experiments.protocols import PROTOCOLS, add_pruning_args, presets, pruning_overrides, resolve_protocol
 from experiments.report import demo_table, plot_accuracy_vs_gmacs, summarise_seeds
 from experiments.runner import run_method
@@ -166,4 +167,5 @@ def main(args: argparse.Namespace) -> List[Dict]:
 
 
 if __name__ == "__main__":
-    main(get_parser().parse_args())
+    with stopping_children("demo"):
+        main(get_parser().parse_args())

@@ -28,6 +28,7 @@ from experiments.checkpoints import ship_checkpoint
 from experiments.common import MINI_W2V, PRETRAINED_MODEL, PY, REPO, SHAPES, command_env, log
 from experiments.corpora import prepare_unlabeled_corpus
 from experiments.fairseq_log import last_records
+from experiments.processes import run as run_child, stopping_children
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -63,7 +64,7 @@ def pretrain(corpus: str, save: str, updates: int, seed: int, threads: int, *ove
     env = command_env(threads)
     os.makedirs(save, exist_ok=True)
     with open(os.path.join(save, "train.log"), "a") as log_file:
-        p = subprocess.run(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        p = run_child(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     if p.returncode != 0:
         with open(os.path.join(save, "train.log")) as f:
             tail = f.read()[-3000:]
@@ -112,4 +113,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(get_parser().parse_args())
+    with stopping_children("make_pretrained_model"):
+        main(get_parser().parse_args())

@@ -25,6 +25,7 @@ from experiments.checkpoints import ship_checkpoint, write_wav2vec2_checkpoint
 from experiments.common import MINI_W2V, PRETRAINED_MODEL, PY, REPO, START_MODEL, log, run
 from experiments.corpora import SUBSETS, prepare_corpora
 from experiments.fairseq_log import records
+from experiments.processes import stopping_children
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -121,4 +122,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(get_parser().parse_args())
+    with stopping_children("make_start_model"):
+        main(get_parser().parse_args())
