@@ -28,11 +28,35 @@ class Stopped(BaseException):
         self.signum = signum
 
 
+def _prctl():
+    """Linux's ``prctl`` from the C library, looked up once here (a child between fork and exec must not load
+    anything); None elsewhere."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the thread that started it dies (even by SIGKILL, as at the end of a
+    session), so that a child in its own session is never left running alone."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 class Child(subprocess.Popen):
-    """A ``subprocess.Popen`` in a new session (its own process group), registered until it has been waited for."""
+    """A ``subprocess.Popen`` in a new session (its own process group) that gets SIGTERM when its parent dies,
+    registered until it has been waited for."""
 
     def __init__(self, cmd: List[str], **kwargs) -> None:
-        super().__init__(cmd, start_new_session=True, **kwargs)
+        super().__init__(cmd, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
         with _lock:
             _children[self.pid] = list(cmd)
 

@@ -27,17 +27,22 @@ def _fresh_save_dir(save_dir: str) -> None:
 
 
 def train(corpus: str, method: str, manifest: str, save_dir: str, updates: int, *overrides: str,
-          threads: int = 0, start: str = START_MODEL) -> str:
+          threads: int = 0, start: str = START_MODEL, resume: bool = False) -> str:
     """Fine-tune ``start`` (model.w2v_path: a shipped start model, a dense model fine-tuned from one, or an
     exported model for a recipe without gates) on one corpus with a mini recipe; streams a progress line per log
-    interval. ``threads``: torch threads of the training process (0: torch's default)."""
+    interval. ``threads``: torch threads of the training process (0: torch's default). ``resume``: continue
+    from ``save_dir``'s checkpoint_last.pt when there is one (the log is appended to); otherwise an earlier run
+    in ``save_dir`` is kept aside and training starts afresh."""
     save_dir = os.path.abspath(save_dir)  # fairseq-hydra-train runs in its hydra folder: no relative paths
     cmd = [PY, "-m", "fairseq_cli.hydra_train", "--config-dir", "examples/mini", "--config-name", method,
            f"corpus={corpus}", f"common.user_dir={REPO}/fairseq_prune", f"task.data={manifest}",
            f"model.w2v_path={os.path.abspath(start)}", f"optimization.max_update={updates}",
            f"checkpoint.save_dir={save_dir}",
            f"hydra.run.dir={save_dir}/hydra", *overrides]
-    _fresh_save_dir(save_dir)
+    if resume:
+        os.makedirs(save_dir, exist_ok=True)
+    else:
+        _fresh_save_dir(save_dir)
     lines = []
     with popen(cmd, cwd=REPO, env=command_env(threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                text=True) as p:
@@ -46,7 +51,7 @@ def train(corpus: str, method: str, manifest: str, save_dir: str, updates: int, 
             found = progress_line(line, updates)
             if found is not None:
                 log(f"{corpus}/{method} {found[0]}: {found[1]}")
-    with open(os.path.join(save_dir, "train.log"), "w") as f:
+    with open(os.path.join(save_dir, "train.log"), "a" if resume else "w") as f:
         f.writelines(lines)
     if p.returncode != 0:
         raise SystemExit(f"training failed ({p.returncode}): {' '.join(cmd)}\n{''.join(lines[-40:])}")

@@ -49,9 +49,15 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpora-work", default=os.path.join(REPO, "work", "demo"), help="corpora shared with the demo")
     p.add_argument("--results", default=os.path.join(REPO, "results"))
     p.add_argument("--corpora", nargs="+", default=["librispeech", "slurp"], choices=sorted(SUBSETS))
-    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="finetuned",
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS) + ["converged"], default="finetuned",
                    help="finetuned: prune while fine-tuning the fine-tuned start model; paper: prune while "
-                        "fine-tuning from the self-supervised model")
+                        "fine-tuning from the self-supervised model; converged: the committed study at "
+                        "convergence (resumable; experiments/study_plan.py, README 'The study at convergence')")
+    p.add_argument("--commit", action="store_true",
+                   help="converged: git-commit each row's files (and the dense models) as soon as it ends")
+    p.add_argument("--start-within", type=float, default=None,
+                   help="converged: start no new run after this many minutes (let a session's last runs finish)")
+    p.add_argument("--list", action="store_true", help="converged: print the rows, done or pending, and exit")
     p.add_argument("--start", help="the model the dense runs start from (default: the protocol's)")
     p.add_argument("--prune-from", choices=("start", "dense"),
                    help=f"start: prune while fine-tuning from --start; dense: prune the fine-tuned dense baseline "
@@ -66,7 +72,27 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def converged(args: argparse.Namespace) -> List[Dict]:
+    """--protocol converged: the resumable study (experiments/study.py)."""
+    from experiments.study import Study, pending, run_study
+
+    work = os.path.abspath(args.work)
+    manifests = prepare_corpora(args.corpora_work) if not args.list else {}
+    study = Study(work, manifests, commit=args.commit)
+    if args.list:
+        for name, row in study.done.items():
+            print(f"done     {name}: {Study.cells(row)}")
+        for row in pending(study, args.only):
+            resolved, waits = study.resolve(row)
+            needs = study.needs(resolved)[2] if resolved else waits
+            print(f"pending  {row.name}" + (f" (waits for {needs})" if needs else ""))
+        return list(study.done.values())
+    return run_study(study, jobs=args.jobs, only=args.only, start_within=args.start_within)
+
+
 def main(args: argparse.Namespace) -> List[Dict]:
+    if args.protocol == "converged":
+        return converged(args)
     t0 = time.time()
     args = resolve_protocol(args)
     if not os.path.exists(args.start):

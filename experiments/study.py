@@ -1,0 +1,396 @@
+"""The converged study, resumable across sessions (``scripts/study.py --protocol converged``).
+
+State lives in two places. Committed (``docs/results/``, ``assets/study/``): one row per finished run in
+``study.json`` with its per-utterance test counts (``study/utterances/NAME.tsv``: what the intervals are computed
+from) and validation curve (``study/curves/NAME.json``), and the dense models that later rows need (weights only).
+Scratch (``work/study/runs/NAME``): fairseq's save folder, whose ``checkpoint_last.pt`` a run resumes from when it
+was interrupted (kill -9, end of a session) on the same machine.
+
+A row is done when ``study.json`` has it and its files read back; one whose files are missing or corrupt is
+reported with its path and run again, as is a run folder whose ``checkpoint_last.pt`` does not read (moved aside,
+never deleted). A row replaces any earlier row of the same name, so none counts twice.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from typing import Dict, List, Optional, Tuple
+
+from . import bootstrap
+from .common import PRETRAINED_MODEL, PY, REPO, log
+from .corpora import SUBSETS
+from .fairseq_log import records
+from .runner import decode, export, train
+from .study_plan import DENSE_MAX_UPDATES, METHODS, Row, overrides, protocol_rows, rows
+
+RESULTS = os.path.join(REPO, "docs", "results")
+ASSETS = os.path.join(REPO, "assets", "study")
+SMALL_PRETRAINED = os.path.join(os.path.dirname(PRETRAINED_MODEL), "wav2vec2_small.pt")
+COMMAND = "python scripts/study.py --protocol converged"
+
+
+class RowFiles:
+    """Where one row's committed files are."""
+
+    def __init__(self, results: str, assets: str, name: str) -> None:
+        self.counts = os.path.join(results, "study", "utterances", f"{name}.tsv")
+        self.curve = os.path.join(results, "study", "curves", f"{name}.json")
+        self.model = os.path.join(assets, f"{name}.pt")
+
+    def problem(self, dense: bool) -> Optional[str]:
+        """Why the row cannot be reused (a missing or unreadable file, named), or None."""
+        try:
+            read_counts(self.counts)
+            with open(self.curve) as f:
+                json.load(f)
+        except (OSError, ValueError) as e:
+            return str(e)
+        if dense:
+            from fairseq_prune.checkpoints import CheckpointError, read_checkpoint
+
+            try:
+                read_checkpoint(self.model)
+            except CheckpointError as e:
+                return str(e)
+        return None
+
+
+def write_counts(path: str, ids: List[int], counts) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.write("id\t" + "\t".join(bootstrap.COUNTS) + "\n")
+        for i, row in zip(ids, counts):
+            f.write(f"{i}\t" + "\t".join(str(int(v)) for v in row) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def read_counts(path: str):
+    import numpy as np
+
+    with open(path) as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if header != ["id", *bootstrap.COUNTS]:
+            raise ValueError(f"{path}:1: not a per-utterance counts file")
+        table = [line.split("\t") for line in f if line.strip()]
+    try:
+        values = np.asarray([[int(v) for v in r] for r in table], dtype=np.int64)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    if values.ndim != 2 or values.shape[1] != len(header) or not len(values):
+        raise ValueError(f"{path}: no rows, or rows of the wrong width")
+    return [int(i) for i in values[:, 0]], values[:, 1:]
+
+
+def validation_curve(log_path: str, subset: str) -> List[Dict]:
+    """Every validation of a run's log: update, lr and the dev metrics."""
+    with open(log_path) as f:
+        lines = f.readlines()
+    lr_by_epoch = {int(r["epoch"]): float(r["train_lr"]) for r in records(lines, "train") if "train_lr" in r}
+    out = []
+    for r in records(lines, subset):
+        point = {"update": int(r[f"{subset}_num_updates"]), "epoch": int(r["epoch"]),
+                 "lr": lr_by_epoch.get(int(r["epoch"]))}
+        for key in ("wer", "uer", "intent_acc", "wer_in_budget", "det_macs_ratio"):
+            if f"{subset}_{key}" in r:
+                point[key] = float(r[f"{subset}_{key}"])
+        out.append(point)
+    return sorted({p["update"]: p for p in out}.values(), key=lambda p: p["update"])  # resumed runs log twice
+
+
+class Study:
+    """The rows, their state and the lock that serialises writing results (runs go side by side in threads)."""
+
+    def __init__(self, work: str, manifests: Dict[str, str], results: str = RESULTS, assets: str = ASSETS,
+                 commit: bool = False, threads: int = 1) -> None:
+        self.work, self.manifests, self.results, self.assets = work, manifests, results, assets
+        self.commit, self.threads = commit, threads
+        self.path = os.path.join(results, "study.json")
+        self.lock = threading.Lock()
+        self.done: Dict[str, Dict] = {}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                for row in json.load(f)["rows"]:
+                    problem = self.files(row["name"]).problem(row["method"] in ("dense", "small-dense"))
+                    if problem is None:
+                        self.done[row["name"]] = row
+                    else:
+                        log(f"study: row {row['name']} cannot be reused and runs again: {problem}")
+
+    def files(self, name: str) -> RowFiles:
+        return RowFiles(self.results, self.assets, name)
+
+    # ------------------------------------------------------------------------------------------- dependencies
+    def resolve(self, row: Row) -> Tuple[Optional[Row], str]:
+        """The row to run (``prune_from`` decided) or None with what it waits for."""
+        if row.prune_from != "auto":
+            return row, ""
+        probes = [self.done.get(p.name) for p in protocol_rows()]
+        if None in probes:
+            return None, "the two protocol rows (" + ", ".join(p.name for p in protocol_rows()) + ")"
+        best = min(probes, key=lambda r: r["best_dev"])
+        return row.resolved(best["prune_from"]), ""
+
+    def needs(self, row: Row) -> Tuple[Optional[int], Optional[str], str]:
+        """(updates, teacher, what it waits for): dense rows run to their cap; a pruned row waits for both dense
+        runs of its corpus (its updates: the longer one's) and distils from seed 1's model."""
+        if row.dense:
+            start = PRETRAINED_MODEL if row.method == "dense" else SMALL_PRETRAINED
+            return DENSE_MAX_UPDATES, None, "" if os.path.exists(start) else start
+        dense = [self.done.get(Row(row.corpus, "dense", s).name) for s in (1, 2)]
+        if None in dense:
+            return None, None, f"the dense rows of {row.corpus}"
+        return max(r["updates"] for r in dense), self.files(Row(row.corpus, "dense", 1).name).model, ""
+
+    def start_model(self, row: Row) -> str:
+        if row.method == "small-dense":
+            return SMALL_PRETRAINED
+        if row.prune_from == "dense":
+            return self.files(Row(row.corpus, "dense", 1).name).model
+        return PRETRAINED_MODEL
+
+    # ---------------------------------------------------------------------------------------------- one row
+    def run(self, row: Row) -> Dict:
+        """Train (resuming), ship or export, decode the test set, score with intervals; writes and commits the row."""
+        updates, teacher, _ = self.needs(row)
+        save = os.path.join(self.work, "runs", row.name)
+        set_aside_unreadable(save)
+        recipe = METHODS[row.method][0]
+        extra = overrides(row, updates, teacher)
+        t0 = time.time()
+        best = train(row.corpus, recipe, self.manifests[row.corpus], save, updates, *extra,
+                     f"common.seed={row.seed}", threads=self.threads, start=self.start_model(row), resume=True)
+        minutes = record_invocation(save, (time.time() - t0) / 60)
+        files = self.files(row.name)
+        subset = SUBSETS[row.corpus]["valid"]
+        curve = validation_curve(os.path.join(save, "train.log"), subset)
+        if row.dense:
+            model, costs = self.ship_dense(row, best, curve, minutes)
+        else:
+            model = os.path.join(save, "pruned.pt")
+            summary = export(best, model, os.path.join(save, "architecture.png"))
+            costs = {"params": summary["after"]["params"], "macs": summary["after"]["macs"],
+                     "macs_ratio": summary["after"]["macs"] / summary["before"]["macs"],
+                     "architecture": {k: summary["after"][k] for k in ("conv_channels", "attention_heads",
+                                                                      "ffn_units")}}
+        scores = decode(self.manifests[row.corpus], SUBSETS[row.corpus]["test"], model,
+                        os.path.join(save, "decode-test"))
+        ids, counts = bootstrap.utterance_counts(os.path.join(save, "decode-test"))
+        write_counts(files.counts, ids, counts)
+        os.makedirs(os.path.dirname(files.curve), exist_ok=True)
+        with open(files.curve, "w") as f:
+            json.dump(curve, f, indent=1)
+        result = self.row_dict(row, costs, (ids, counts), scores, curve, minutes, updates)
+        with self.lock:
+            self.done[row.name] = result
+            self.write()
+            if self.commit:
+                paths = [self.path, files.counts, files.curve, os.path.splitext(self.path)[0] + ".md", *self.plots()]
+                if row.dense:
+                    paths += [files.model, os.path.splitext(files.model)[0] + ".json"]
+                commit_files(paths, f"study: {row.name} ({self.cells(result)})")
+        return result
+
+    def ship_dense(self, row: Row, best: str, curve: List[Dict], minutes: float) -> Tuple[str, Dict]:
+        """The dense model as later rows need it: weights only, float16, with its provenance."""
+        from experiments.checkpoints import ship_checkpoint
+
+        from .runner import dense_costs
+
+        files = self.files(row.name)
+        provenance = {"made_by": COMMAND, "row": row.name, "start": os.path.relpath(self.start_model(row), REPO),
+                      "data": f"{row.corpus} {SUBSETS[row.corpus]['train']}", "updates": curve[-1]["update"],
+                      "minutes": minutes, "best_dev": min(p["wer_in_budget"] for p in curve), "commit": git_head()}
+        ship_checkpoint(best, files.model, "study_model", provenance)
+        with open(os.path.splitext(files.model)[0] + ".json", "w") as f:
+            json.dump(provenance, f, indent=1)
+        costs = dense_costs(files.model, self.manifests[row.corpus])
+        return files.model, {**costs, "macs_ratio": costs["macs"] / self.dense_macs(row, costs["macs"])}
+
+    def dense_macs(self, row: Row, own: int) -> int:
+        dense = self.done.get(Row(row.corpus, "dense", 1).name)
+        return dense["macs"] if dense and row.method != "dense" else own
+
+    def row_dict(self, row: Row, costs: Dict, decoded, scores: Dict, curve: List[Dict], minutes: float,
+                 updates: int) -> Dict:
+        out = {"name": row.name, "corpus": row.corpus, "method": row.method,
+               "target": list(row.target) if row.target else None, "seed": row.seed,
+               "distill": row.distill if not row.dense else "none", "prune_from": None if row.dense else row.prune_from,
+               **costs, "test_utterances": len(decoded[0]), "updates": curve[-1]["update"] if curve else updates,
+               "minutes": minutes, "best_dev": min(p["wer_in_budget"] for p in curve),
+               "commit": git_head(), "command": f"{COMMAND} --only {row.name}"}
+        metrics = ["wer"] + (["intent_accuracy", "transcript_wer"] if row.corpus == "slurp" else [])
+        reference = self.reference(row)
+        for m in metrics:
+            out[m], ci = bootstrap.interval(decoded[1], m)
+            out[m.replace("_accuracy", "") + "_ci"] = ci
+            if reference is not None:
+                diff, diff_ci = bootstrap.paired_interval(decoded, reference, m)
+                out[f"{m}_vs_dense"], out[f"{m}_vs_dense_ci"] = diff, diff_ci
+        out["summary_wer"] = scores.get("wer")  # fairseq-prune-infer's own number (equals "wer")
+        return out
+
+    def reference(self, row: Row):
+        """The per-utterance counts of the dense row of the same corpus and seed (seed 1's if that is missing)."""
+        if row.method == "dense":
+            return None
+        for seed in (row.seed, 1):
+            name = Row(row.corpus, "dense", seed).name
+            if name in self.done:
+                return read_counts(self.files(name).counts)
+        return None
+
+    # ---------------------------------------------------------------------------------------------- reports
+    def write(self) -> None:
+        from .study_report import study_markdown
+
+        ordered = [self.done[r.name] for r in all_rows_resolved(self) if r.name in self.done]
+        ordered += [r for n, r in self.done.items() if r not in ordered]
+        os.makedirs(self.results, exist_ok=True)
+        for path, text in ((self.path, json.dumps({"rows": ordered}, indent=1) + "\n"),
+                           (os.path.splitext(self.path)[0] + ".md", study_markdown(ordered))):
+            with open(path + ".tmp", "w") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)
+        from .study_report import plot_accuracy_vs_macs, plot_curves
+
+        plot_accuracy_vs_macs(ordered, self.plots()[0])
+        plot_curves(os.path.join(self.results, "study", "curves"), [r["name"] for r in ordered], self.plots()[1])
+
+    def plots(self) -> List[str]:
+        return [os.path.join(self.results, "study_accuracy_vs_macs.png"),
+                os.path.join(self.results, "study_dev_curves.png")]
+
+    @staticmethod
+    def cells(r: Dict) -> str:
+        parts = [f"MACs {r['macs_ratio']:.2f}", f"WER {r['wer']:.1f}"]
+        if r.get("intent_accuracy") is not None:
+            parts += [f"intent {r['intent_accuracy']:.1f}", f"transcript WER {r['transcript_wer']:.1f}"]
+        return ", ".join(parts + [f"{r['updates']} updates, {r['minutes']:.0f} min"])
+
+
+def all_rows_resolved(study: "Study") -> List[Row]:
+    out = []
+    for r in rows():
+        resolved, _ = study.resolve(r)
+        out.append(resolved or r)
+    return out
+
+
+def set_aside_unreadable(save: str) -> None:
+    """Make a run folder resumable or fresh. A ``checkpoint_last.pt`` that does not read (a session killed while
+    fairseq copied it) is set aside, never deleted, and replaced by the newest epoch checkpoint that reads (fairseq
+    writes those atomically; the study keeps the last two); with none, the folder is set aside and the run starts
+    again. Each step is logged with its path."""
+    last = os.path.join(save, "checkpoint_last.pt")
+    if not os.path.exists(last):
+        return
+    from fairseq_prune.checkpoints import CheckpointError, read_checkpoint
+
+    try:
+        read_checkpoint(last)
+        return
+    except CheckpointError as e:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        log(f"study: {e}")
+    os.replace(last, f"{last}.unreadable-{stamp}")
+    for path in sorted((os.path.join(save, n) for n in os.listdir(save) if re.fullmatch(r"checkpoint\d+\.pt", n)),
+                       key=lambda p: int(re.sub(r"\D", "", os.path.basename(p))), reverse=True):
+        try:
+            read_checkpoint(path)
+        except CheckpointError as e:
+            log(f"study: {e}")
+            continue
+        shutil.copyfile(path, last + ".tmp")
+        os.replace(last + ".tmp", last)
+        log(f"study: {save} resumes from {os.path.basename(path)} (the unreadable checkpoint_last.pt is kept as "
+            f"checkpoint_last.pt.unreadable-{stamp})")
+        return
+    aside = f"{save}.unreadable-{stamp}"
+    os.replace(save, aside)
+    log(f"study: no readable checkpoint in {save}: the run starts again (its folder is kept as {aside})")
+
+
+def record_invocation(save: str, minutes: float) -> float:
+    """Add this invocation's minutes to the run's ``invocations.json``; returns the total over all of them."""
+    path = os.path.join(save, "invocations.json")
+    runs = json.load(open(path)) if os.path.exists(path) else []
+    runs.append({"minutes": round(minutes, 1), "ended": time.strftime("%Y-%m-%d %H:%M")})
+    with open(path, "w") as f:
+        json.dump(runs, f, indent=1)
+    return round(sum(r["minutes"] for r in runs), 1)
+
+
+def git_head() -> str:
+    p = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return p.stdout.strip() or "unknown"
+
+
+def commit_files(paths: List[str], message: str, tries: int = 20) -> None:
+    """``git add`` + ``git commit`` of ``paths`` only (retried while another git command holds the index)."""
+    rel = [os.path.relpath(p, REPO) for p in paths if os.path.exists(p)]
+    for attempt in range(tries):
+        add = subprocess.run(["git", "add", "--", *rel], cwd=REPO, capture_output=True, text=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", message, "--", *rel], cwd=REPO, capture_output=True, text=True
+        ).returncode == 0
+        if done:
+            log(f"study: committed {message}")
+            return
+        time.sleep(3)
+    log(f"study: could not commit {rel} ({message}); commit them by hand")
+
+
+def pending(study: Study, only: Optional[List[str]]) -> List[Row]:
+    """The rows still to run, in the plan's order (``only``: names to restrict to)."""
+    out = []
+    for r in rows():
+        resolved, _ = study.resolve(r)
+        name = (resolved or r).name
+        if name in study.done or (only and r.name not in only and name not in only):
+            continue
+        if resolved is not None and any(p.name == name for p in out):
+            continue  # an "auto" row that resolved to a row already pending
+        out.append(resolved or r)
+    return out
+
+
+def run_study(study: Study, jobs: int = 2, only: Optional[List[str]] = None,
+              start_within: Optional[float] = None) -> List[Dict]:
+    """Run the pending rows, ``jobs`` at a time, each as soon as what it needs is done; no new row starts after
+    ``start_within`` minutes (so that a session's last runs can finish). Returns the rows finished here."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    t0, finished, running, failed = time.time(), [], {}, set()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while True:
+            late = start_within is not None and (time.time() - t0) / 60 > start_within
+            for row in [] if late else pending(study, only):
+                if len(running) >= jobs:
+                    break
+                if row.name in running or row.name in failed:
+                    continue
+                resolved, waits = study.resolve(row)
+                updates, _, needs = study.needs(resolved) if resolved else (None, None, waits)
+                if resolved is None or needs:
+                    continue
+                log(f"study: starting {resolved.name} ({updates} updates at most)")
+                running[resolved.name] = pool.submit(study.run, resolved)
+            if not running:
+                break
+            done, _ = wait(running.values(), return_when=FIRST_COMPLETED)
+            for name, future in list(running.items()):
+                if future in done:
+                    del running[name]
+                    try:
+                        finished.append(future.result())
+                        log(f"study: {name} done: {Study.cells(finished[-1])}")
+                    except (Exception, SystemExit) as e:  # one failed run does not stop the others
+                        failed.add(name)
+                        log(f"study: {name} failed: {str(e)[:2000]}")
+    left = pending(study, only)
+    log(f"study: {len(finished)} rows finished, {len(failed)} failed, {len(left)} still to run"
+        + ("" if not left else f" (next: {left[0].name})"))
+    return finished

@@ -1,0 +1,140 @@
+"""The converged study's rows (``scripts/study.py --protocol converged``), in the order they run, and the
+``fairseq-hydra-train`` options of each.
+
+Protocol (README, "The study at convergence"):
+
+* **dense**: the self-supervised mini wav2vec2 (``assets/pretrained/wav2vec2_mini.pt``) fine-tuned with CTC until
+  the dev metric stops improving (``examples/mini/dense_converged.yaml``: reduce-on-plateau, stop after the
+  third halving, at most :data:`DENSE_MAX_UPDATES`); its best checkpoint is shipped weights-only in
+  ``assets/study/`` and is the teacher of the distilled rows. ``small-dense`` is the same for the small dense
+  control (``assets/pretrained/wav2vec2_small.pt``, half the MACs).
+* **pruned**: as many updates as the longer of the corpus's two dense runs (``U``), the target warmed up over the
+  first ``U / 3`` (so the final architecture trains for at least twice the warm-up), the tri-stage schedule of
+  the recipes at the dense run's peak learning rate; ``prune_from`` ``ssl`` prunes while fine-tuning from the
+  self-supervised model (the paper), ``dense`` prunes the converged dense model (CoFiPruning's way, lower peak
+  learning rate); ``auto`` takes whichever of the two protocol rows scored better on dev.
+* distillation ``layers``: output KL (weight 1) + hidden states after layers 2, 4 and 6 (weight 1) from the
+  dense teacher; ``output``: the KL alone; ``none``.
+
+Every run validates and saves once per epoch, 160,000-sample batches, one thread; the best checkpoint is chosen
+by dev WER among the models within the budget (SLURP: WER with the intent token counted as a word).
+"""
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+#: a dense run's cap (it normally stops earlier, by its plateau rule)
+DENSE_MAX_UPDATES = 12000
+MAX_TOKENS = 160000
+#: peak learning rate of every run's model weights, and of pruning a converged dense model
+LR = 0.0005
+LR_FROM_DENSE = 0.0002
+#: the distilled Transformer layers (1-based) and the weights of the output and layer-wise terms
+DISTILL_LAYERS = (2, 4, 6)
+DISTILL_WEIGHTS = {"none": (0.0, 0.0), "output": (1.0, 0.0), "layers": (1.0, 1.0)}
+#: method -> (recipe of examples/mini, budget overrides): the README's names
+METHODS = {
+    "dense": ("dense_converged", []),
+    "small-dense": ("dense_converged", []),
+    "HJ-Pruning-MAC": ("hj_macs", []),
+    "HJ-Pruning-Size": ("hj_size", []),
+    "HJ-Pruning-SepSize": ("hj_sep_size", []),
+    "CNN-only": ("cnn_only", ["criterion.budget=macs"]),
+    "Transformer-only": ("transformer_only", ["criterion.budget=macs"]),
+    "gates-only": ("hj_macs", []),
+}
+CORPORA = ("slurp", "librispeech")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One run of the study. ``target``: the MAC ratio (Size: parameter ratio; SepSize: (CNN, Transformer)
+    parameter ratios); None for the dense models."""
+
+    corpus: str
+    method: str
+    seed: int
+    target: Optional[Tuple[float, ...]] = None
+    distill: str = "none"
+    prune_from: str = "ssl"
+
+    @property
+    def dense(self) -> bool:
+        return self.method in ("dense", "small-dense")
+
+    @property
+    def name(self) -> str:
+        parts = [self.corpus, self.method]
+        if self.target is not None:
+            parts.append("-".join(f"{t:g}" for t in self.target))
+        if not self.dense:
+            parts += [self.distill, f"from-{self.prune_from}"]
+        return "_".join(parts + [f"s{self.seed}"])
+
+    def resolved(self, prune_from: str) -> "Row":
+        return Row(self.corpus, self.method, self.seed, self.target, self.distill, prune_from)
+
+
+def _pruned(corpus: str, method: str, target, distill: str, seeds=(1,), prune_from: str = "auto") -> List[Row]:
+    target = tuple(target) if isinstance(target, (tuple, list)) else (target,)
+    return [Row(corpus, method, s, target, distill, prune_from) for s in seeds]
+
+
+def protocol_rows(corpus: str = "slurp") -> List[Row]:
+    """The two rows that choose between pruning while fine-tuning from the self-supervised model and pruning the
+    converged dense model (measured on one corpus, used for the rest)."""
+    return [Row(corpus, "HJ-Pruning-MAC", 1, (0.5,), "layers", p) for p in ("ssl", "dense")]
+
+
+def rows() -> List[Row]:
+    """Every row, headline rows first."""
+    out: List[Row] = [Row(c, "dense", s) for c in CORPORA for s in (1, 2)]
+    out += protocol_rows()
+    for corpus in CORPORA:
+        for target in (0.5, 0.7):
+            for distill in ("layers", "none"):
+                out += _pruned(corpus, "HJ-Pruning-MAC", target, distill, seeds=(1, 2))
+    for corpus in CORPORA:
+        for target in (0.4, 0.6, 0.8):
+            out += _pruned(corpus, "HJ-Pruning-MAC", target, "layers")
+        out += _pruned(corpus, "HJ-Pruning-Size", 0.5, "layers")
+        out += _pruned(corpus, "HJ-Pruning-SepSize", (0.5, 0.5), "layers")
+        out += _pruned(corpus, "CNN-only", 0.7, "layers")  # the CNN is 32% of the MACs: 0.68 is its floor
+        out += _pruned(corpus, "Transformer-only", 0.5, "layers")
+        out += [Row(corpus, "small-dense", 1)]
+        out += _pruned(corpus, "gates-only", 1.0, "none")
+    seen, unique = set(), []
+    for r in out:  # the protocol rows are also headline rows once resolved
+        if r.name not in seen:
+            seen.add(r.name)
+            unique.append(r)
+    return unique
+
+
+def target_overrides(row: Row) -> List[str]:
+    if row.method == "HJ-Pruning-SepSize":
+        return [f"criterion.target_cnn={row.target[0]}", f"criterion.target_transformer={row.target[1]}"]
+    return [f"criterion.target={row.target[0]}"]
+
+
+def overrides(row: Row, updates: int, teacher: Optional[str]) -> List[str]:
+    """fairseq-hydra-train overrides of ``row`` beyond data, start model, updates, seed and save folder.
+    ``updates``: the dense rows' cap, or a pruned row's ``U``; ``teacher``: the corpus's dense model (distilled
+    rows)."""
+    out = [f"dataset.max_tokens={MAX_TOKENS}", "dataset.validate_interval=1", "dataset.validate_interval_updates=0",
+           "checkpoint.save_interval=1", "checkpoint.save_interval_updates=0", "common.log_interval=100",
+           # epoch checkpoints are written atomically, checkpoint_last.pt is copied from them: a run killed during
+           # the copy resumes from the newest epoch checkpoint (experiments.study.set_aside_unreadable)
+           "checkpoint.no_epoch_checkpoints=false", "checkpoint.keep_last_epochs=2",
+           "checkpoint.best_checkpoint_metric=wer_in_budget", "checkpoint.maximize_best_checkpoint_metric=false"]
+    if row.dense:
+        return out + [f"optimization.lr=[{LR}]"]
+    out += METHODS[row.method][1] + target_overrides(row)
+    out += [f"criterion.target_warmup_updates={max(updates // 3, 1)}",
+            f"optimizer.groups.default.lr_float={LR_FROM_DENSE if row.prune_from == 'dense' else LR}"]
+    kl, layers = DISTILL_WEIGHTS[row.distill]
+    if kl or layers:
+        out += [f"criterion.distill_teacher={teacher}", f"criterion.distill_weight={kl}"]
+    if layers:
+        out += [f"criterion.distill_layers=[{','.join(map(str, DISTILL_LAYERS))}]",
+                f"criterion.distill_layer_weight={layers}"]
+    return out

@@ -1,0 +1,96 @@
+"""The converged study's report: ``docs/results/study.md`` (every row with its 95% intervals and its paired
+difference to the dense model) and the plots (test accuracy vs MAC ratio with intervals, dev learning curves)."""
+import json
+import os
+from typing import Dict, List
+
+from .report import pyplot
+
+
+def _ci(r: Dict, key: str, ci_key: str) -> str:
+    if r.get(key) is None:
+        return "–"
+    low, high = r[ci_key]
+    return f"{r[key]:.1f} [{low:.1f}, {high:.1f}]"
+
+
+def _diff(r: Dict, key: str) -> str:
+    if r.get(f"{key}_vs_dense") is None:
+        return "–"
+    low, high = r[f"{key}_vs_dense_ci"]
+    return f"{r[f'{key}_vs_dense']:+.1f} [{low:+.1f}, {high:+.1f}]"
+
+
+def _label(r: Dict) -> str:
+    target = "" if r["target"] is None else " " + "/".join(f"{t:g}" for t in r["target"])
+    extra = "" if r["method"] in ("dense", "small-dense") else f", distill {r['distill']}, from {r['prune_from']}"
+    return f"{r['method']}{target}{extra}"
+
+
+def study_markdown(rows: List[Dict]) -> str:
+    """One table per corpus; values are test-set numbers with 95% bootstrap intervals, differences are paired
+    (same utterances) against the dense row of the same seed."""
+    out = ["# The study at convergence: results", "",
+           "Made by `python scripts/study.py --protocol converged` (each row's own command and commit are in "
+           "study.json). Test sets: mini LibriSpeech test-clean 840 utterances, mini SLURP test 846 recordings, "
+           "40 voices each. [low, high]: 95% bootstrap interval over utterances; vs dense: paired bootstrap "
+           "interval of the difference to the dense model of the same seed.", ""]
+    for corpus in ("librispeech", "slurp"):
+        these = [r for r in rows if r["corpus"] == corpus]
+        if not these:
+            continue
+        out += [f"## {corpus}", ""]
+        if corpus == "slurp":
+            out += ["| row | seed | MACs | intent acc. | vs dense | transcript WER | vs dense | updates | min |",
+                    "|---|---|---|---|---|---|---|---|---|"]
+            out += [f"| {_label(r)} | {r['seed']} | {r['macs_ratio']:.2f} | "
+                    f"{_ci(r, 'intent_accuracy', 'intent_ci')} | {_diff(r, 'intent_accuracy')} | "
+                    f"{_ci(r, 'transcript_wer', 'transcript_wer_ci')} | {_diff(r, 'transcript_wer')} | "
+                    f"{r['updates']} | {r['minutes']:.0f} |" for r in these]
+        else:
+            out += ["| row | seed | MACs | WER | vs dense | updates | min |", "|---|---|---|---|---|---|---|"]
+            out += [f"| {_label(r)} | {r['seed']} | {r['macs_ratio']:.2f} | {_ci(r, 'wer', 'wer_ci')} | "
+                    f"{_diff(r, 'wer')} | {r['updates']} | {r['minutes']:.0f} |" for r in these]
+        out.append("")
+    return "\n".join(out)
+
+
+def plot_curves(curves_dir: str, names: List[str], path: str) -> None:
+    """Dev WER (with the intent token for SLURP) against updates, one line per run, and the learning rate."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, corpus in zip(axes, ("librispeech", "slurp")):
+        for name in names:
+            if not name.startswith(corpus):
+                continue
+            with open(os.path.join(curves_dir, f"{name}.json")) as f:
+                curve = json.load(f)
+            ax.plot([p["update"] for p in curve], [p["wer"] for p in curve], marker=".", label=name)
+        ax.set_title(f"mini {corpus}: dev WER")
+        ax.set_xlabel("updates")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_macs(rows: List[Dict], path: str) -> None:
+    """Test accuracy (LibriSpeech WER, SLURP intent accuracy) against the exported models' MAC ratio, with the
+    95% intervals as error bars."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, corpus, key, ci in ((axes[0], "librispeech", "wer", "wer_ci"),
+                                (axes[1], "slurp", "intent_accuracy", "intent_ci")):
+        for r in (r for r in rows if r["corpus"] == corpus):
+            low, high = r[ci]
+            ax.errorbar([r["macs_ratio"]], [r[key]], yerr=[[r[key] - low], [high - r[key]]], fmt="o", capsize=3,
+                        label=f"{_label(r)} s{r['seed']}")
+        ax.set_xlabel("MACs (ratio to dense, 10 s input)")
+        ax.set_ylabel("test WER" if key == "wer" else "test intent accuracy")
+        ax.set_title(f"mini {corpus}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,186 @@
+"""The converged study (experiments/study.py) on a tiny corpus: rows finish with their intervals, files and
+commits; a second call skips them; an interrupted run resumes; corrupt rows and checkpoints are named and run
+again, never reused; the plan's rows and overrides."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from experiments import bootstrap, study, study_plan
+from experiments.study_plan import Row
+from helpers import REPO, write_noise_corpus
+
+ROWS = [Row("slurp", "dense", 1), Row("slurp", "dense", 2), Row("slurp", "HJ-Pruning-MAC", 1, (0.5,), "layers", "ssl")]
+REQUIRED = ("corpus", "method", "target", "seed", "distill", "macs_ratio", "wer", "wer_ci", "intent_accuracy",
+            "intent_ci", "transcript_wer", "transcript_wer_ci", "test_utterances", "updates", "minutes", "commit",
+            "command")
+
+
+@pytest.fixture
+def tiny_study(tmp_path, small_w2v, monkeypatch):
+    """A Study over a noise corpus in SLURP's subsets, the small test model as the self-supervised start, 24-update
+    dense runs, three rows."""
+    data = write_noise_corpus(str(tmp_path / "data"), {"train": 16, "devel": 6, "test": 6},
+                              intents=["alarm_set", "play_music"])
+    monkeypatch.setattr(study, "PRETRAINED_MODEL", small_w2v)
+    monkeypatch.setattr(study, "DENSE_MAX_UPDATES", 24)
+    monkeypatch.setattr(study, "rows", lambda: list(ROWS))
+    monkeypatch.setattr(study, "protocol_rows", lambda corpus="slurp": [ROWS[2], ROWS[2].resolved("dense")])
+    monkeypatch.setattr(study_plan, "MAX_TOKENS", 80000)
+    monkeypatch.setattr(study_plan, "DISTILL_LAYERS", (1, 2))
+
+    def make(**kw):
+        return study.Study(str(tmp_path / "work"), {"slurp": data}, results=str(tmp_path / "results"),
+                           assets=str(tmp_path / "assets"), **kw)
+    return make
+
+
+@pytest.mark.slow
+def test_rows_finish_with_intervals_then_are_skipped_and_corrupt_ones_rerun(tiny_study, tmp_path, capsys):
+    s = tiny_study()
+    finished = study.run_study(s, jobs=2)
+    assert sorted(r["name"] for r in finished) == sorted(r.name for r in ROWS)
+    saved = json.load(open(tmp_path / "results" / "study.json"))["rows"]
+    assert [r["name"] for r in saved] == [r.name for r in ROWS]  # the plan's order
+    for r in saved:
+        assert all(r.get(k) is not None or k == "target" for k in REQUIRED), r
+        for key, ci in (("wer", "wer_ci"), ("intent_accuracy", "intent_ci"), ("transcript_wer", "transcript_wer_ci")):
+            assert ci and r[ci][0] <= r[key] <= r[ci][1]
+        assert r["test_utterances"] == 6 and r["updates"] == 24
+    dense, pruned = saved[0], saved[2]
+    assert dense["macs_ratio"] == 1.0 and "wer_vs_dense" not in dense
+    # exported (24 updates close no gate yet): its costs and per-layer sizes come from the export summary
+    assert 0 < pruned["macs_ratio"] <= 1.0 and pruned["macs"] == pytest.approx(pruned["macs_ratio"] * dense["macs"])
+    assert set(pruned["architecture"]) == {"conv_channels", "attention_heads", "ffn_units"}
+    low, high = pruned["wer_vs_dense_ci"]
+    assert low <= pruned["wer_vs_dense"] <= high
+    assert os.path.exists(tmp_path / "assets" / "slurp_dense_s1.pt")  # the teacher, weights only
+    teacher = torch.load(tmp_path / "assets" / "slurp_dense_s1.pt", weights_only=False)
+    assert teacher["last_optimizer_state"] is None and teacher["study_model"]["row"] == "slurp_dense_s1"
+    curve = json.load(open(tmp_path / "results" / "study" / "curves" / "slurp_dense_s1.json"))
+    assert [p["update"] for p in curve] == sorted(p["update"] for p in curve) and curve[-1]["update"] == 24
+    assert "| HJ-Pruning-MAC 0.5, distill layers, from ssl | 1 |" in open(tmp_path / "results" / "study.md").read()
+
+    # a second call finds every row done: nothing runs
+    assert study.run_study(tiny_study(), jobs=2) == []
+    # a corrupt row is named and run again; the others are reused
+    counts = tmp_path / "results" / "study" / "utterances" / "slurp_dense_s2.tsv"
+    counts.write_text("garbage\n")
+    capsys.readouterr()
+    again = study.run_study(tiny_study(), jobs=1)
+    out = capsys.readouterr().out
+    assert f"row slurp_dense_s2 cannot be reused and runs again: {counts}:1" in out
+    assert [r["name"] for r in again] == ["slurp_dense_s2"]
+    names = [r["name"] for r in json.load(open(tmp_path / "results" / "study.json"))["rows"]]
+    assert names == [r.name for r in ROWS]  # replaced, not counted twice
+
+
+@pytest.mark.slow
+def test_an_unreadable_checkpoint_last_is_set_aside_and_the_run_starts_again(tiny_study, tmp_path, capsys):
+    save = tmp_path / "work" / "runs" / "slurp_dense_s1"
+    save.mkdir(parents=True)
+    (save / "checkpoint_last.pt").write_bytes(b"PK\x03\x04 truncated")
+    s = tiny_study()
+    s.run(ROWS[0])
+    out = capsys.readouterr().out
+    assert f"{save}/checkpoint_last.pt: not a readable fairseq checkpoint" in out
+    assert f"no readable checkpoint in {save}: the run starts again" in out
+    aside = [p for p in os.listdir(tmp_path / "work" / "runs") if p.startswith("slurp_dense_s1.unreadable-")]
+    assert len(aside) == 1 and any(n.startswith("checkpoint_last.pt.unreadable-")
+                                   for n in os.listdir(tmp_path / "work" / "runs" / aside[0]))
+
+
+@pytest.mark.slow
+def test_a_truncated_checkpoint_last_resumes_from_the_newest_epoch_checkpoint(tiny_study, tmp_path, capsys):
+    s = tiny_study()
+    s.run(ROWS[0])  # 24 updates; epoch checkpoints kept beside checkpoint_last.pt
+    save = tmp_path / "work" / "runs" / "slurp_dense_s1"
+    epochs = sorted(n for n in os.listdir(save) if n.startswith("checkpoint") and n[10:-3].isdigit())
+    assert len(epochs) == 2, os.listdir(save)  # keep_last_epochs=2
+    data = (save / "checkpoint_last.pt").read_bytes()
+    (save / "checkpoint_last.pt").write_bytes(data[: len(data) // 2])  # as if killed while fairseq copied it
+    capsys.readouterr()
+    study.set_aside_unreadable(str(save))
+    out = capsys.readouterr().out
+    assert f"{save} resumes from {epochs[-1]}" in out
+    assert (save / "checkpoint_last.pt").read_bytes() == (save / epochs[-1]).read_bytes()
+    assert any(n.startswith("checkpoint_last.pt.unreadable-") for n in os.listdir(save))
+
+
+_KILLABLE = """
+import sys
+from experiments import study
+from experiments.study_plan import Row
+study.PRETRAINED_MODEL = sys.argv[1]
+study.DENSE_MAX_UPDATES = 400
+s = study.Study(sys.argv[2], {"slurp": sys.argv[3]}, results=sys.argv[4], assets=sys.argv[5])
+s.run(Row("slurp", "dense", 1))
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_from_checkpoint_last(tiny_study, tmp_path, small_w2v):
+    data = str(tmp_path / "data")
+    tiny_study()  # writes the corpus
+    args = [small_w2v, str(tmp_path / "work"), data, str(tmp_path / "results"), str(tmp_path / "assets")]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    p = subprocess.Popen([sys.executable, "-c", _KILLABLE, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    save = tmp_path / "work" / "runs" / "slurp_dense_s1"
+    deadline = time.monotonic() + 300
+    while not (save / "checkpoint_last.pt").exists():
+        assert p.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGKILL)  # the study only, as at the end of a session: its child must not outlive it
+    p.wait()
+    deadline = time.monotonic() + 30
+    while subprocess.run(["pgrep", "-f", str(save)], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "fairseq-hydra-train outlived the study"
+        time.sleep(0.2)
+    row = study.Study(*args[1:2], {"slurp": data}, results=args[3], assets=args[4])
+    study.DENSE_MAX_UPDATES, before = 40, study.DENSE_MAX_UPDATES
+    try:
+        result = row.run(Row("slurp", "dense", 1))
+    finally:
+        study.DENSE_MAX_UPDATES = before
+    log = open(tmp_path / "work" / "runs" / "slurp_dense_s1" / "train.log").read()
+    assert "Loaded checkpoint" in log  # resumed, not restarted
+    assert result["updates"] == 40
+
+
+def test_paired_interval_uses_the_same_utterances():
+    rng = np.random.default_rng(0)
+    ids = list(range(200))
+    a = np.stack([rng.integers(0, 3, 200), np.full(200, 10), rng.integers(0, 3, 200), np.full(200, 9),
+                  rng.integers(0, 2, 200), np.ones(200, int)], 1)
+    b = a.copy()
+    b[:, 0] += 1  # one more error in every utterance: WER +10 points exactly
+    value, (low, high) = bootstrap.paired_interval((ids, b), (ids, a), "wer")
+    assert value == pytest.approx(10.0) and low == pytest.approx(10.0) and high == pytest.approx(10.0)
+    v, (lo, hi) = bootstrap.interval(a, "wer")
+    assert lo < v < hi and hi - lo < 10
+    with pytest.raises(ValueError, match="same utterances"):
+        bootstrap.paired_interval((ids, a), (ids[::-1], a), "wer")
+
+
+def test_plan_rows_and_overrides():
+    rows = study_plan.rows()
+    names = [r.name for r in rows]
+    assert len(names) == len(set(names))
+    assert names[:4] == ["slurp_dense_s1", "slurp_dense_s2", "librispeech_dense_s1", "librispeech_dense_s2"]
+    headline = [r for r in rows if r.method == "HJ-Pruning-MAC" and r.target in ((0.5,), (0.7,))
+                and r.prune_from == "auto"]
+    assert len(headline) == 2 * 2 * 2 * 2  # corpora x targets x distillation x seeds
+    o = study_plan.overrides(Row("slurp", "HJ-Pruning-MAC", 2, (0.5,), "layers", "dense"), 9000, "/t.pt")
+    assert "criterion.target_warmup_updates=3000" in o and "criterion.distill_layers=[2,4,6]" in o
+    assert "optimizer.groups.default.lr_float=0.0002" in o and "criterion.distill_teacher=/t.pt" in o
+    o = study_plan.overrides(Row("slurp", "HJ-Pruning-MAC", 1, (0.5,), "none", "ssl"), 9000, "/t.pt")
+    assert not any("distill" in x for x in o) and "optimizer.groups.default.lr_float=0.0005" in o
+    assert study_plan.overrides(Row("librispeech", "dense", 1), 12000, None)[-1] == "optimization.lr=[0.0005]"
