@@ -138,7 +138,7 @@ class Study:
         runs of its corpus (its updates: the longer one's) and distils from seed 1's model."""
         if row.dense:
             start = PRETRAINED_MODEL if row.method == "dense" else SMALL_PRETRAINED
-            return DENSE_MAX_UPDATES, None, "" if os.path.exists(start) else start
+            return DENSE_MAX_UPDATES, None, held_out_problem(start)
         dense = [self.done.get(Row(row.corpus, "dense", s).name) for s in (1, 2)]
         if None in dense:
             return None, None, f"the dense rows of {row.corpus}"
@@ -269,6 +269,24 @@ class Study:
         if r.get("intent_accuracy") is not None:
             parts += [f"intent {r['intent_accuracy']:.1f}", f"transcript WER {r['transcript_wer']:.1f}"]
         return ", ".join(parts + [f"{r['updates']} updates, {r['minutes']:.0f} min"])
+
+
+def held_out_problem(start: str) -> str:
+    """Why the self-supervised model ``start`` cannot start the study ("" when it can): it must exist and its
+    provenance (the ``.json`` beside it) must say that its pre-training corpus held out today's dev and test
+    voices and sentences."""
+    from manifests.unlabeled import held_out_fingerprint
+
+    provenance = os.path.splitext(start)[0] + ".json"
+    if not os.path.exists(start) or not os.path.exists(provenance):
+        return f"{start} (and its provenance {os.path.basename(provenance)}): make it with " \
+               "scripts/make_pretrained_model.py"
+    with open(provenance) as f:
+        held = json.load(f).get("held_out") or {}
+    if held.get("sha256") != held_out_fingerprint(held.get("corpora_seed", 1)):
+        return f"a pre-trained model whose corpus holds out today's dev/test sets ({provenance} does not record " \
+               "it): make it again with scripts/make_pretrained_model.py"
+    return ""
 
 
 def all_rows_resolved(study: "Study") -> List[Row]:

@@ -79,6 +79,15 @@ def held_out(corpora_seed: int) -> Tuple[Set[str], Set[str]]:
     return voices, sentences
 
 
+def held_out_fingerprint(corpora_seed: int) -> str:
+    """sha256 of :func:`held_out`'s voices and sentences: a pre-trained model whose provenance records it was
+    trained on a corpus that holds out exactly today's dev and test subsets."""
+    import hashlib
+
+    voices, sentences = held_out(corpora_seed)
+    return hashlib.sha256(json.dumps([sorted(voices), sorted(sentences)]).encode()).hexdigest()
+
+
 def make_speakers(rng: random.Random, excluded_voices: Set[str]) -> List[Speaker]:
     """One speaker per voice+variant pair that the held-out subsets do not use."""
     pairs = [(v, var, sex) for v in VOICES for var, sex in VARIANTS if f"{v}+{var}" not in excluded_voices]

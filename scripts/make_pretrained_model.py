@@ -81,6 +81,18 @@ def record_minutes(work: str, minutes: float, updates: int) -> List[dict]:
     return runs
 
 
+def held_out_provenance(synthesis: dict) -> dict:
+    """What the unlabeled corpus held out (manifests/unlabeled.py): the labeled corpora's seed and the fingerprint
+    of their dev/test voices and sentences, which the study checks before fine-tuning from this model."""
+    from manifests.unlabeled import held_out, held_out_fingerprint
+
+    seed = synthesis["corpora_seed"]
+    if sorted(held_out(seed)[0]) != synthesis["held_out_voices"]:
+        raise SystemExit("the unlabeled corpus held out other voices than today's dev/test subsets: synthesise it "
+                         "again (delete WORK/corpus.done)")
+    return {"corpora_seed": seed, "sha256": held_out_fingerprint(seed)}
+
+
 def main(args: argparse.Namespace) -> None:
     t0 = time.time()
     # fairseq-hydra-train runs in its hydra.run.dir: every path it is given must be absolute
@@ -104,6 +116,7 @@ def main(args: argparse.Namespace) -> None:
         "shape": args.shape, "updates": args.updates, "seed": args.seed, "threads": args.threads,
         "minutes": round(sum(r["minutes"] for r in runs), 1), "invocations": len(runs),
         "corpus": {"utts": args.utts, "hours": synthesis["hours"]},
+        "held_out": held_out_provenance(synthesis),
         "last_train": records["train"], "last_valid": records["valid"],
     }
     ship_checkpoint(os.path.join(save, "checkpoint_last.pt"), args.out, "pretrained_model", provenance)

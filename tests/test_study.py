@@ -22,6 +22,24 @@ REQUIRED = ("corpus", "method", "target", "seed", "distill", "macs_ratio", "wer"
             "command")
 
 
+def _held_out_provenance(model: str) -> None:
+    from manifests.unlabeled import held_out_fingerprint
+
+    with open(os.path.splitext(model)[0] + ".json", "w") as f:
+        json.dump({"held_out": {"corpora_seed": 1, "sha256": held_out_fingerprint(1)}}, f)
+
+
+def test_the_study_refuses_a_model_pretrained_on_the_eval_voices(tmp_path):
+    model = str(tmp_path / "ssl.pt")
+    open(model, "wb").close()
+    assert "make it with scripts/make_pretrained_model.py" in study.held_out_problem(model)  # no provenance
+    with open(tmp_path / "ssl.json", "w") as f:
+        json.dump({"held_out": {"corpora_seed": 1, "sha256": "0" * 64}}, f)  # held out other dev/test sets
+    assert "holds out today's dev/test sets" in study.held_out_problem(model)
+    _held_out_provenance(model)
+    assert study.held_out_problem(model) == ""
+
+
 @pytest.fixture
 def tiny_study(tmp_path, small_w2v, monkeypatch):
     """A Study over a noise corpus in SLURP's subsets, the small test model as the self-supervised start, 24-update
@@ -29,6 +47,7 @@ def tiny_study(tmp_path, small_w2v, monkeypatch):
     data = write_noise_corpus(str(tmp_path / "data"), {"train": 16, "devel": 6, "test": 6},
                               intents=["alarm_set", "play_music"])
     monkeypatch.setattr(study, "PRETRAINED_MODEL", small_w2v)
+    _held_out_provenance(small_w2v)
     monkeypatch.setattr(study, "DENSE_MAX_UPDATES", 24)
     monkeypatch.setattr(study, "rows", lambda: list(ROWS))
     monkeypatch.setattr(study, "protocol_rows", lambda corpus="slurp": [ROWS[2], ROWS[2].resolved("dense")])
