@@ -26,16 +26,16 @@ from torch import nn
 from ..cost import Cost, cost_breakdown, totals
 from ..errors import ConfigError, one_line_errors
 from ..modules.hard_concrete import LAGRANGIAN_PARAM_GROUP
+from .budgets import BUDGETS, Budget, make_budget
 from .distillation import CtcTeacher
 from .layer_distillation import HiddenStateMaps, hidden_states
 
-BUDGETS = ChoiceEnum(["size", "sep_size", "macs"])
-TRANSFORMER_GROUPS = ("attention_heads", "attention_layers", "ffn_units", "ffn_layers")
+BUDGET_NAMES = ChoiceEnum(sorted(BUDGETS))
 
 
 @dataclass
 class CtcPruningCriterionConfig(CtcCriterionConfig):
-    budget: BUDGETS = field(
+    budget: BUDGET_NAMES = field(
         default="macs",
         metadata={
             "help": "size: total parameters (HJ-Pruning-Size); sep_size: CNN and Transformer parameters with "
@@ -119,14 +119,6 @@ def _unwrap(model):
     return model
 
 
-def _check_target(name: str, value: Optional[float]) -> float:
-    if value is None:
-        raise ConfigError(f"criterion.{name} is required for this budget")
-    if not (0.0 < value <= 1.0):
-        raise ConfigError(f"criterion.{name}={value} is outside (0, 1]")
-    return float(value)
-
-
 def _check_distillation(cfg: CtcPruningCriterionConfig) -> Tuple[float, float]:
     """The output and layer-wise distillation weights; a teacher needs a term to distil with and vice versa."""
     weights = {"distill_weight": cfg.distill_weight, "distill_layer_weight": cfg.distill_layer_weight}
@@ -147,18 +139,8 @@ def _check_distillation(cfg: CtcPruningCriterionConfig) -> Tuple[float, float]:
 class CtcPruningCriterion(CtcCriterion):
     def __init__(self, cfg: CtcPruningCriterionConfig, task) -> None:
         super().__init__(cfg, task)
-        self.budget = str(cfg.budget)
-        if self.budget == "sep_size":
-            if cfg.target_cnn is None or cfg.target_transformer is None:
-                raise ConfigError(
-                    "criterion.budget=sep_size needs both criterion.target_cnn and criterion.target_transformer"
-                )
-            self.term_names = ["cnn", "transformer"]
-            self.targets = [_check_target("target_cnn", cfg.target_cnn),
-                            _check_target("target_transformer", cfg.target_transformer)]
-        else:
-            self.term_names = [self.budget]
-            self.targets = [_check_target("target", cfg.target)]
+        self.budget: Budget = make_budget(cfg)
+        self.targets = self.budget.targets
         if cfg.target_warmup_updates < 0:
             raise ConfigError(f"criterion.target_warmup_updates={cfg.target_warmup_updates} must be >= 0")
         self.warmup = cfg.target_warmup_updates
@@ -166,7 +148,7 @@ class CtcPruningCriterion(CtcCriterion):
             raise ConfigError(f"criterion.budget_tolerance={cfg.budget_tolerance} must be >= 0")
         self.tolerance = cfg.budget_tolerance
         self.reference_samples = int(round(cfg.reference_seconds * cfg.reference_sample_rate))
-        n = len(self.term_names)
+        n = len(self.budget.terms)
         self.lambda_1 = nn.Parameter(torch.zeros(n))
         if cfg.lambda_2_init < 0:
             raise ConfigError(f"criterion.lambda_2_init={cfg.lambda_2_init} must be >= 0")
@@ -189,12 +171,7 @@ class CtcPruningCriterion(CtcCriterion):
         return [1.0 - (1.0 - t) * frac for t in self.targets]
 
     def _ratios(self, cost: Dict[str, Cost]) -> List[torch.Tensor]:
-        orig = self._original
-        if self.budget == "size":
-            return [cost["total"].params / orig["total"].params]
-        if self.budget == "macs":
-            return [cost["total"].macs / orig["total"].macs]
-        return [cost["cnn"].params / orig["cnn"].params, cost["transformer"].params / orig["transformer"].params]
+        return self.budget.ratios(cost, self._original)
 
     @classmethod
     def build_criterion(cls, cfg: CtcPruningCriterionConfig, task):
@@ -213,18 +190,11 @@ class CtcPruningCriterion(CtcCriterion):
                 "criterion ctc_pruning needs a model with gates: set at least one model.prune_* flag "
                 "(prune_conv_channels, prune_attention_heads, prune_ffn_units, ...)"
             )
-        if self.budget == "sep_size":
-            if "conv_channels" not in groups:
-                raise ConfigError("criterion.budget=sep_size has a CNN target but model.prune_conv_channels is false")
-            if not groups & set(TRANSFORMER_GROUPS):
-                raise ConfigError(
-                    "criterion.budget=sep_size has a Transformer target but no Transformer gates "
-                    "(model.prune_attention_heads / prune_ffn_units / prune_attention_layers / prune_ffn_layers)"
-                )
+        self.budget.check_groups(groups)
         shape = model.shape()
         self._original = totals(cost_breakdown(shape, self.reference_samples))
         floor = self._ratios(totals(cost_breakdown(shape, self.reference_samples, w2v.structure_counts("minimum"))))
-        for name, lowest, target in zip(self.term_names, floor, self.targets):
+        for name, lowest, target in zip(self.budget.terms, floor, self.targets):
             if target < float(lowest):
                 raise ConfigError(
                     f"criterion target {target} for the {name} budget cannot be reached: with the prunable groups "
@@ -296,8 +266,7 @@ class CtcPruningCriterion(CtcCriterion):
                     all(float(r) <= t + self.tolerance for r, t in zip(det_ratios, self.targets))
                 ),
             }
-            for i, name in enumerate(self.term_names):
-                suffix = "" if len(self.term_names) == 1 else f"_{name}"
+            for i, suffix in enumerate(self.budget.log_suffixes):
                 stats[f"target{suffix}"] = targets[i]
                 stats[f"exp_ratio{suffix}"] = float(ratios[i])
                 stats[f"det_ratio{suffix}"] = float(det_ratios[i])
