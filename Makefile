@@ -3,13 +3,17 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONWARNINGS := ignore
 
-.PHONY: setup test demo study bench clean
+.PHONY: setup test test-fast demo study bench clean
 
 setup:
 	@bash scripts/setup_env.sh
 
 test: setup
 	$(PY) -m pytest -q
+
+# the inner loop: every test not marked slow (no fairseq-hydra-train runs, no end-to-end jobs)
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 demo: setup
 	$(PY) scripts/demo.py

@@ -6,6 +6,7 @@ import importlib.util
 import os
 
 import pytest
+import torch
 
 from experiments import report
 from experiments.checkpoints import is_finetuned, random_init_model
@@ -156,3 +157,27 @@ def test_script_parsers(path):
     spec.loader.exec_module(module)
     assert callable(module.main)
     assert isinstance(module.get_parser().parse_args([]), argparse.Namespace)
+
+
+def test_one_definition_of_the_mini_shape():
+    """experiments.common.MINI_W2V is what the pre-training recipe writes and what the shipped start model holds;
+    the small dense control has half its MACs."""
+    import yaml
+
+    from experiments.common import MINI_W2V, SMALL_DENSE_W2V
+    from fairseq_prune.cost import REFERENCE_SAMPLES, Wav2Vec2Shape, cost_breakdown, totals
+
+    recipe = yaml.safe_load(open(os.path.join(REPO, "examples", "mini", "pretraining.yaml")))["model"]
+    assert {k: recipe[k] for k in MINI_W2V} == MINI_W2V
+    shipped = torch.load(os.path.join(REPO, "assets", "start_model", "wav2vec_ctc_mini.pt"), weights_only=False)
+    w2v = shipped["cfg"]["model"]["w2v_args"]["model"]
+    assert {k: w2v[k] for k in MINI_W2V} == MINI_W2V
+
+    def macs(fields):
+        from omegaconf import OmegaConf
+        from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
+
+        c = OmegaConf.merge(OmegaConf.structured(Wav2Vec2Config()), fields)
+        return float(totals(cost_breakdown(Wav2Vec2Shape.from_w2v_cfg(c), REFERENCE_SAMPLES))["total"].macs)
+
+    assert macs(SMALL_DENSE_W2V) / macs(MINI_W2V) == pytest.approx(0.5, abs=0.01)
