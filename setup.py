@@ -20,6 +20,7 @@ setup(
             "fairseq-prune-export=fairseq_prune.cli.export:cli_main",
             "fairseq-prune-infer=fairseq_prune.cli.infer:cli_main",
             "fairseq-prune-onnx=fairseq_prune.cli.onnx:cli_main",
+            "fairseq-prune-profile=fairseq_prune.cli.profile:cli_main",
         ]
     },
 )

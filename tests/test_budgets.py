@@ -21,7 +21,8 @@ def cfg(**kw):
 ])
 def test_terms_ratios_and_log_suffixes(name, ratios, suffixes):
     b = make_budget(cfg(budget=name, target_cnn=0.4, target_transformer=0.7))
-    assert b.ratios(HALF, FULL) == pytest.approx(ratios)
+    b.setup(None, FULL)
+    assert b.ratios(HALF, None) == pytest.approx(ratios)
     assert b.log_suffixes == suffixes and len(b.targets) == len(b.terms) == len(ratios)
     assert b.targets == ([0.4, 0.7] if name == "sep_size" else [0.5])
 
@@ -33,4 +34,6 @@ def test_bad_targets_are_refused():
         make_budget(cfg(budget="sep_size", target_cnn=0.5))
     with pytest.raises(ValueError, match="prune_conv_channels is false"):
         make_budget(cfg(budget="sep_size", target_cnn=0.5, target_transformer=0.5)).check_groups({"ffn_units"})
-    assert sorted(BUDGETS) == ["macs", "sep_size", "size"]
+    assert sorted(BUDGETS) == ["latency", "macs", "sep_size", "size"]
+    with pytest.raises(ValueError, match="budget=latency needs criterion.latency_table"):
+        make_budget(cfg(budget="latency", latency_table="", latency_device=""))

@@ -1,11 +1,13 @@
 """The budgets of HJ-Pruning (``criterion.budget``), one class each: which cost terms a budget holds to its targets,
-how a cost breakdown (:func:`fairseq_prune.cost.totals`: expected, deterministic or minimal) becomes their
-ratios to the full model, which gate groups it needs, and the suffixes of its log keys. The criterion only
-iterates over a budget's terms; adding a budget is adding a class here."""
+how the kept sizes (:class:`~fairseq_prune.layer_sizes.LayerSizes`: expected, deterministic or minimal) and their
+cost breakdown (:func:`fairseq_prune.cost.totals`) become ratios to the full model, which gate groups it needs,
+the suffixes of its log keys and what else it logs. The criterion only iterates over a budget's terms; adding a
+budget is adding a class here."""
 from typing import Dict, List, Optional, Sequence
 
-from ..cost import Cost
+from ..cost import Cost, Wav2Vec2Shape
 from ..errors import ConfigError
+from ..layer_sizes import LayerSizes
 
 #: gate groups of the Transformer (the CNN's is ``conv_channels``)
 TRANSFORMER_GROUPS = ("attention_heads", "attention_layers", "ffn_units", "ffn_layers")
@@ -40,12 +42,21 @@ class Budget:
         """Suffix of each term's log keys (``target``, ``exp_ratio``, ``lambda_1``, ...): none for one term."""
         return [""] if len(self.terms) == 1 else [f"_{t}" for t in self.terms]
 
-    def ratios(self, cost: Dict[str, Cost], full: Dict[str, Cost]) -> list:
-        """Each term's ratio of ``cost`` to ``full`` (tensors where ``cost`` is an expectation under the gates)."""
+    def setup(self, shape: Wav2Vec2Shape, full: Dict[str, Cost]) -> None:
+        """Keep the full model's cost (the ratios' denominators); ``shape``: the full model's."""
+        self.full = full
+
+    def ratios(self, cost: Dict[str, Cost], counts: LayerSizes) -> list:
+        """Each term's ratio to the full model at the kept sizes ``counts`` whose cost totals are ``cost``
+        (tensors where both are expectations under the gates)."""
         raise NotImplementedError
 
     def check_groups(self, groups: set) -> None:
         """Refuse a model whose gate groups cannot move this budget's terms."""
+
+    def log_values(self, expected: LayerSizes, deterministic: LayerSizes) -> Dict[str, float]:
+        """What this budget logs beside the ratios (by default nothing)."""
+        return {}
 
 
 class SizeBudget(Budget):
@@ -53,8 +64,8 @@ class SizeBudget(Budget):
 
     name = "size"
 
-    def ratios(self, cost, full):
-        return [cost["total"].params / full["total"].params]
+    def ratios(self, cost, counts):
+        return [cost["total"].params / self.full["total"].params]
 
 
 class MacBudget(Budget):
@@ -62,8 +73,8 @@ class MacBudget(Budget):
 
     name = "macs"
 
-    def ratios(self, cost, full):
-        return [cost["total"].macs / full["total"].macs]
+    def ratios(self, cost, counts):
+        return [cost["total"].macs / self.full["total"].macs]
 
 
 class SepSizeBudget(Budget):
@@ -83,7 +94,8 @@ class SepSizeBudget(Budget):
     def terms(self) -> List[str]:
         return ["cnn", "transformer"]
 
-    def ratios(self, cost, full):
+    def ratios(self, cost, counts):
+        full = self.full
         return [cost["cnn"].params / full["cnn"].params, cost["transformer"].params / full["transformer"].params]
 
     def check_groups(self, groups: set) -> None:
@@ -96,7 +108,36 @@ class SepSizeBudget(Budget):
             )
 
 
-BUDGETS = {b.name: b for b in (SizeBudget, SepSizeBudget, MacBudget)}
+class LatencyBudget(Budget):
+    """HJ-Pruning-latency: the time a per-device table (``criterion.latency_table``, made by fairseq-prune-profile)
+    predicts for the kept sizes, as a ratio of the dense model's (:mod:`fairseq_prune.latency`)."""
+
+    name = "latency"
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        if not cfg.latency_table:
+            raise ConfigError("criterion.budget=latency needs criterion.latency_table (a table made by "
+                              "fairseq-prune-profile for this architecture and the device to prune for)")
+        from ..latency import LatencyTable
+
+        self.table = LatencyTable.load(cfg.latency_table)
+        self.device = cfg.latency_device
+
+    def setup(self, shape, full) -> None:
+        super().setup(shape, full)
+        self.table.check(shape, self.device)
+        self.dense_ms = float(self.table.predict(shape.sizes))
+
+    def ratios(self, cost, counts):
+        return [self.table.predict(counts) / self.dense_ms]
+
+    def log_values(self, expected, deterministic):
+        return {"exp_latency_ms": float(self.table.predict(expected)),
+                "det_latency_ms": float(self.table.predict(deterministic))}
+
+
+BUDGETS = {b.name: b for b in (SizeBudget, SepSizeBudget, MacBudget, LatencyBudget)}
 
 
 def make_budget(cfg) -> Budget:

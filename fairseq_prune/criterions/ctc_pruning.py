@@ -39,11 +39,12 @@ class CtcPruningCriterionConfig(CtcCriterionConfig):
         default="macs",
         metadata={
             "help": "size: total parameters (HJ-Pruning-Size); sep_size: CNN and Transformer parameters with "
-            "separate targets (HJ-Pruning-SepSize); macs: total MACs at reference_seconds (HJ-Pruning-MAC)"
+            "separate targets (HJ-Pruning-SepSize); macs: total MACs at reference_seconds (HJ-Pruning-MAC); "
+            "latency: the time criterion.latency_table predicts"
         },
     )
     target: float = field(
-        default=0.5, metadata={"help": "final cost ratio for budget=size or macs, in (0, 1]"}
+        default=0.5, metadata={"help": "final cost ratio for budget=size, macs or latency, in (0, 1]"}
     )
     target_cnn: Optional[float] = field(
         default=None, metadata={"help": "budget=sep_size: final ratio of CNN parameters, in (0, 1]"}
@@ -66,6 +67,16 @@ class CtcPruningCriterionConfig(CtcCriterionConfig):
             "from the start: its pull 2 * lambda_2 * (s - t) follows the gap at once and shrinks as the gap does, "
             "so lambda_1 has less to integrate and overshoots less (the proportional term of a PI controller)"
         },
+    )
+    latency_table: str = field(
+        default="",
+        metadata={"help": "budget=latency: the per-device latency table of this architecture (fairseq-prune-profile "
+                  "writes it); target is then a ratio of the dense model's predicted time"},
+    )
+    latency_device: str = field(
+        default="",
+        metadata={"help": "budget=latency: the device the table must have been made on (its 'device' string); "
+                  "empty: whichever it was"},
     )
     distill_teacher: str = field(
         default="",
@@ -170,8 +181,8 @@ class CtcPruningCriterion(CtcCriterion):
         frac = min(1.0, num_updates / self.warmup)
         return [1.0 - (1.0 - t) * frac for t in self.targets]
 
-    def _ratios(self, cost: Dict[str, Cost]) -> List[torch.Tensor]:
-        return self.budget.ratios(cost, self._original)
+    def _costs(self, shape, counts) -> Dict[str, Cost]:
+        return totals(cost_breakdown(shape, self.reference_samples, counts))
 
     @classmethod
     def build_criterion(cls, cfg: CtcPruningCriterionConfig, task):
@@ -192,8 +203,10 @@ class CtcPruningCriterion(CtcCriterion):
             )
         self.budget.check_groups(groups)
         shape = model.shape()
-        self._original = totals(cost_breakdown(shape, self.reference_samples))
-        floor = self._ratios(totals(cost_breakdown(shape, self.reference_samples, w2v.structure_counts("minimum"))))
+        self._original = self._costs(shape, None)
+        self.budget.setup(shape, self._original)
+        minimum = w2v.structure_counts("minimum")
+        floor = self.budget.ratios(self._costs(shape, minimum), minimum)
         for name, lowest, target in zip(self.budget.terms, floor, self.targets):
             if target < float(lowest):
                 raise ConfigError(
@@ -236,8 +249,9 @@ class CtcPruningCriterion(CtcCriterion):
             self.check_budget(inner)
         w2v = inner.w2v_model
         shape = inner.shape()
-        expected = totals(cost_breakdown(shape, self.reference_samples, w2v.structure_counts("expected")))
-        ratios = self._ratios(expected)
+        expected_counts = w2v.structure_counts("expected")
+        expected = self._costs(shape, expected_counts)
+        ratios = self.budget.ratios(expected, expected_counts)
         targets = self.current_targets(inner.w2v_encoder.num_updates)
         lam1, lam2 = _Ascend.apply(self.lambda_1), _Ascend.apply(self.lambda_2)
         reg = sum(lam1[i] * (s - t) + lam2[i] * (s - t) ** 2 for i, (s, t) in enumerate(zip(ratios, targets)))
@@ -245,8 +259,9 @@ class CtcPruningCriterion(CtcCriterion):
             loss = loss + reg * sample_size
 
         with torch.no_grad():
-            det = totals(cost_breakdown(shape, self.reference_samples, w2v.structure_counts("deterministic")))
-            det_ratios = self._ratios(det)
+            det_counts = w2v.structure_counts("deterministic")
+            det = self._costs(shape, det_counts)
+            det_ratios = self.budget.ratios(det, det_counts)
             orig = self._original["total"]
             stats = {
                 "loss": loss.item(),
@@ -266,6 +281,7 @@ class CtcPruningCriterion(CtcCriterion):
                     all(float(r) <= t + self.tolerance for r, t in zip(det_ratios, self.targets))
                 ),
             }
+            stats.update(self.budget.log_values(expected_counts, det_counts))
             for i, suffix in enumerate(self.budget.log_suffixes):
                 stats[f"target{suffix}"] = targets[i]
                 stats[f"exp_ratio{suffix}"] = float(ratios[i])

@@ -1,0 +1,174 @@
+"""``fairseq-prune-profile CHECKPOINT TABLE.json``: measure a per-device latency table for ``criterion.budget=latency``
+(:mod:`fairseq_prune.latency`).
+
+Times, on this machine and backend, every prunable block of the checkpoint's wav2vec2 architecture over a grid of
+kept sizes (each conv layer over input x output channels, an encoder layer's attention over head counts and its
+FFN over widths) and the dense model as a whole, at a reference input length and batch, the median of
+``--rounds`` timed calls after a warm-up; writes the table with the device, library versions and settings.
+Blocks are built as the exported model runs them (fairseq's conv block with its norm and GELU, our attention
+with any head count, fc1-GELU-fc2), randomly initialised: the time does not depend on the weights.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+from torch import nn
+
+from ..cost import Wav2Vec2Shape
+from ..latency import FORMAT, architecture_key
+
+BACKENDS = ("eager",)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fairseq-prune-profile", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a wav2vec2 pre-training or fine-tuned checkpoint (its dense architecture)")
+    p.add_argument("output", help="the table to write (JSON)")
+    p.add_argument("--backend", choices=BACKENDS, default="eager", help="eager: PyTorch (the only one so far)")
+    p.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
+    p.add_argument("--batch", type=_positive, default=1, help="utterances per call (default 1)")
+    p.add_argument("--seconds", type=float, default=10.0, help="input length at 16 kHz (default 10)")
+    p.add_argument("--grid", type=_at_least_two, default=9, help="grid points per size axis (default 9)")
+    p.add_argument("--rounds", type=_positive, default=5, help="timed calls per grid point (default 5)")
+    p.add_argument("--device-name", help="the device string stored in the table (default: CPU model x threads)")
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT")
+    return p
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _at_least_two(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {value}")
+    return value
+
+
+def device_name(threads: int) -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one) and the thread count."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} x {threads} thread{'s' if threads > 1 else ''}"
+
+
+def grid(full: int, points: int, low: int) -> List[int]:
+    """``points`` sizes from ``low`` to ``full``, evenly spaced, without repeats."""
+    return sorted({low, full, *(low + round((full - low) * k / (points - 1)) for k in range(points))})
+
+
+def median_ms(fn: Callable[[], object], rounds: int) -> float:
+    with torch.inference_mode():
+        fn()  # warm-up (allocations, kernel choice)
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+def conv_block(shape: Wav2Vec2Shape, i: int, c_in: int, c_out: int) -> nn.Module:
+    """Conv layer ``i`` as fairseq builds it: conv, its norm (GroupNorm on layer 0 in ``default`` mode, LayerNorm
+    over channels in ``layer_norm`` mode), GELU."""
+    from fairseq.modules import Fp32GroupNorm, Fp32LayerNorm, TransposeLast
+
+    parts: List[nn.Module] = [nn.Conv1d(c_in, c_out, shape.conv_kernels[i], stride=shape.conv_strides[i],
+                                        bias=shape.conv_bias)]
+    if shape.extractor_mode == "layer_norm":
+        parts += [TransposeLast(), Fp32LayerNorm(c_out, elementwise_affine=True), TransposeLast()]
+    elif i == 0:
+        parts.append(Fp32GroupNorm(c_out, c_out, affine=True))
+    return nn.Sequential(*parts, nn.GELU()).eval()
+
+
+def profile_blocks(shape: Wav2Vec2Shape, args) -> Dict:
+    """The conv, attention and FFN grids (milliseconds)."""
+    from ..modules.attention import PrunableSelfAttention
+
+    samples = int(round(args.seconds * 16000))
+    frames = [samples] + shape.conv_frames(samples)
+    full = shape.sizes
+    conv = []
+    for i, c in enumerate(full.conv_channels):
+        ins = [1] if i == 0 else grid(full.conv_channels[i - 1], args.grid, 1)
+        outs = grid(c, args.grid, 1)
+        ms = [[median_ms(lambda b=conv_block(shape, i, ci, co), x=torch.randn(args.batch, ci, frames[i]): b(x),
+                         args.rounds) for co in outs] for ci in ins]
+        conv.append({"layer": i, "c_in": ins, "c_out": outs, "ms": ms})
+    D, T = shape.embed_dim, frames[-1]
+    x = torch.randn(T, args.batch, D)
+    heads = grid(max(full.attention_heads), min(args.grid, max(full.attention_heads) + 1), 0)
+    attention = [median_ms(lambda a=PrunableSelfAttention(D, h, shape.head_dim).eval(): a(x), args.rounds)
+                 for h in heads]
+    units = grid(max(full.ffn_units), args.grid, 0)
+
+    def ffn(u: int) -> Callable[[], object]:
+        if u == 0:
+            return lambda: torch.zeros(D) + x  # only fc2's bias is left
+        fc1, fc2 = nn.Linear(D, u), nn.Linear(u, D)
+        return lambda: fc2(nn.functional.gelu(fc1(x)))
+
+    return {"conv": conv, "attention": {"sizes": heads, "ms": attention},
+            "ffn": {"sizes": units, "ms": [median_ms(ffn(u), args.rounds) for u in units]}}
+
+
+def main(args: argparse.Namespace) -> Dict:
+    from ..checkpoints import load_w2v_source
+    from ..latency import LatencyTable
+    from ..models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning
+
+    if os.path.lexists(args.output) and not args.force:
+        raise SystemExit(f"fairseq-prune-profile: error: {args.output} exists; pass --force to overwrite it")
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    source = load_w2v_source(args.checkpoint)
+    model = Wav2Vec2CtcPruning.from_w2v_args(source.w2v_args, 32).eval()
+    shape = model.shape()
+    table = {"format": FORMAT, "architecture": architecture_key(shape),
+             "device": args.device_name or device_name(args.threads), "backend": args.backend,
+             "threads": args.threads, "batch": args.batch, "seconds": args.seconds, "rounds": args.rounds,
+             "versions": {"torch": torch.__version__, "python": platform.python_version()},
+             "checkpoint": os.path.abspath(args.checkpoint)}
+    table.update(profile_blocks(shape, args))
+    audio = torch.randn(args.batch, int(round(args.seconds * 16000)))
+    table["dense_ms"] = median_ms(lambda: model(source=audio, padding_mask=None), args.rounds)
+    blocks = float(sum(LatencyTable({**table, "rest_ms": 0.0}).blocks(shape.sizes).values()))
+    table["rest_ms"] = table["dense_ms"] - blocks
+    table["profile_minutes"] = round((time.time() - started) / 60, 2)
+    tmp = args.output + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(table, f, indent=1)
+    os.replace(tmp, args.output)
+    print(f"fairseq-prune-profile: wrote {args.output}: dense {table['dense_ms']:.1f} ms ({blocks:.1f} ms in the "
+          f"prunable blocks), {table['device']}, {table['profile_minutes']} min")
+    return table
+
+
+def cli_main() -> None:
+    from ..errors import PluginError
+
+    args = get_parser().parse_args()
+    try:
+        main(args)
+    except PluginError as e:
+        sys.exit(f"fairseq-prune-profile: error: {e}")
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,102 @@
+"""Latency as a budget: fairseq-prune-profile's table, its monotone interpolation, the prediction at the dense and
+at gated sizes (differentiable), refusals of a table made for another model or device, and budget=latency in
+training."""
+import json
+
+import pytest
+import torch
+
+from fairseq_prune.cli import profile
+from fairseq_prune.latency import LatencyTable, interp1, interp2, monotone
+from fairseq_prune.layer_sizes import LayerSizes
+from helpers import criterion_and_batch, hydra_train, log_records
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory, small_w2v) -> str:
+    out = str(tmp_path_factory.mktemp("latency") / "table.json")
+    profile.main(profile.get_parser().parse_args([small_w2v, out, "--grid", "3", "--rounds", "1", "--seconds", "1",
+                                                  "--device-name", "test-cpu"]))
+    return out
+
+
+def test_the_dense_model_is_the_tables_sum(table_path):
+    data = json.load(open(table_path))
+    table = LatencyTable(data)
+    dense = LayerSizes(**{k: data["architecture"][k] for k in ("conv_channels", "attention_heads", "ffn_units")})
+    blocks = table.blocks(dense)
+    assert len(blocks) == 7 + 2 * 2
+    assert float(table.predict(dense)) == pytest.approx(data["dense_ms"], rel=1e-9)
+    assert float(sum(blocks.values())) + data["rest_ms"] == pytest.approx(data["dense_ms"], rel=1e-9)
+    # at a grid point the prediction is the (monotone) measurement
+    first = data["conv"][1]
+    assert float(blocks["conv.1"]) == pytest.approx(table.conv[1]["ms"][-1][-1])
+    assert first["c_in"][-1] == first["c_out"][-1] == 32 and data["device"] == "test-cpu"
+
+
+def test_interpolation_is_monotone_and_differentiable():
+    grid, values = [0, 4, 8, 16], monotone([1.0, 3.0, 2.0, 9.0])  # a noisy measurement: 2.0 < 3.0
+    assert values == [1.0, 3.0, 3.0, 9.0]
+    xs = [interp1(grid, values, x / 4).item() for x in range(0, 65)]
+    assert all(a <= b + 1e-12 for a, b in zip(xs, xs[1:]))
+    x = torch.tensor(10.0, dtype=torch.float64, requires_grad=True)
+    interp1(grid, values, x).backward()
+    assert x.grad.item() == pytest.approx((9.0 - 3.0) / 8)
+    rows = monotone([[1.0, 5.0], [0.5, 2.0]])  # non-decreasing along both axes afterwards
+    assert rows == [[1.0, 5.0], [1.0, 5.0]]
+    r, c = torch.tensor(0.5, requires_grad=True), torch.tensor(0.25, requires_grad=True)
+    v = interp2([0, 1], [0, 1], [[0.0, 1.0], [2.0, 3.0]], r, c)
+    v.backward()
+    assert v.item() == pytest.approx(1.25) and r.grad.item() == pytest.approx(2.0) and c.grad.item() == 1.0
+
+
+def test_expected_latency_with_open_gates_is_the_dense_one_and_has_a_gradient(small_w2v, noise_data, table_path):
+    model, crit, sample = criterion_and_batch(small_w2v, noise_data, budget="latency", target=0.8,
+                                              latency_table=table_path)
+    with torch.no_grad():
+        for g in model.w2v_model.gates():
+            g.log_alpha.fill_(20.0)  # every gate open: expected counts are the full sizes
+    loss, _, log = crit(model, sample)
+    assert log["exp_ratio"] == pytest.approx(1.0, abs=1e-6) and log["det_ratio"] == pytest.approx(1.0)
+    assert log["exp_latency_ms"] == pytest.approx(json.load(open(table_path))["dense_ms"], rel=1e-6)
+    with torch.no_grad():
+        for g in model.w2v_model.gates():
+            g.log_alpha.fill_(0.5)  # half open: the ratio falls and the budget term has a gradient
+    model.zero_grad()
+    loss, _, log = crit(model, sample)
+    assert log["exp_ratio"] < 1.0
+    loss.backward()
+    assert all(g.log_alpha.grad is not None and g.log_alpha.grad.abs().sum() > 0 for g in model.w2v_model.gates())
+
+
+@pytest.mark.parametrize("edit, kw, message", [
+    (lambda d: d["architecture"].update(embed_dim=128), {}, "made for another architecture (embed_dim 128 in the "
+                                                            "table, 64 in this model)"),
+    (lambda d: None, {"latency_device": "another-cpu"}, "made on device 'test-cpu', not 'another-cpu'"),
+    (lambda d: d.pop("conv"), {}, "not a fairseq-prune-latency/1 table"),
+])
+def test_a_table_for_another_model_or_device_is_refused(small_w2v, noise_data, table_path, tmp_path, edit, kw,
+                                                        message):
+    data = json.load(open(table_path))
+    edit(data)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(ValueError) as e:
+        model, crit, _ = criterion_and_batch(small_w2v, noise_data, budget="latency", target=0.5,
+                                             latency_table=str(bad), **kw)
+        crit.check_budget(model)
+    assert message in str(e.value) and str(bad) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="cannot read the latency table"):
+        criterion_and_batch(small_w2v, noise_data, budget="latency", target=0.5, latency_table=str(tmp_path / "no"))
+
+
+@pytest.mark.slow
+def test_the_latency_budget_holds_its_target_in_training(tmp_path, small_w2v, noise_data, table_path):
+    out = hydra_train("hj_macs", noise_data, small_w2v, str(tmp_path / "run"), "optimization.max_update=1500",
+                      "criterion.target_warmup_updates=600", "dataset.max_tokens=80000", "common.log_interval=100",
+                      "dataset.validate_interval_updates=1500", "criterion.budget=latency", "criterion.target=0.7",
+                      f"+criterion.latency_table={table_path}")
+    last = log_records(out, "train_inner")[-1]
+    assert float(last["target"]) == pytest.approx(0.7)
+    assert float(last["det_ratio"]) <= 0.7 + 0.03, last
+    assert float(last["det_latency_ms"]) < float(json.load(open(table_path))["dense_ms"]) * 0.75
