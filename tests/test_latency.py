@@ -95,7 +95,7 @@ def test_the_latency_budget_holds_its_target_in_training(tmp_path, small_w2v, no
     out = hydra_train("hj_macs", noise_data, small_w2v, str(tmp_path / "run"), "optimization.max_update=1500",
                       "criterion.target_warmup_updates=600", "dataset.max_tokens=80000", "common.log_interval=100",
                       "dataset.validate_interval_updates=1500", "criterion.budget=latency", "criterion.target=0.7",
-                      f"+criterion.latency_table={table_path}")
+                      f"criterion.latency_table={table_path}")
     last = log_records(out, "train_inner")[-1]
     assert float(last["target"]) == pytest.approx(0.7)
     assert float(last["det_ratio"]) <= 0.7 + 0.03, last
