@@ -45,7 +45,9 @@ class Terminated(BaseException):
 
 def run_or_exit(body: Callable[[], None]) -> None:
     """Run a script's body; a :class:`ManifestError` becomes one ``error: ...`` line on stderr and exit code 1.
-    SIGTERM and Ctrl-C stop it the same way (exit codes 143 and 130) after the partial output is removed."""
+    SIGTERM and Ctrl-C stop it the same way (exit codes 143 and 130) after the partial output is removed; one that
+    comes once the output is complete (Staging committed) stops nothing: exit 0, so that 0 means "complete" and
+    143/130 "nothing written"."""
     try:
         with _terminate_by_exception():
             body()
@@ -54,6 +56,12 @@ def run_or_exit(body: Callable[[], None]) -> None:
         sys.exit(1)
     except (Terminated, KeyboardInterrupt) as e:
         signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        from manifests.staging import completed_outputs
+
+        done = completed_outputs()
+        if done:  # the signal came after the output was moved into place (the only staging of a script)
+            print(f"note: {signum.name} came after the output was complete: {', '.join(done)}", file=sys.stderr)
+            sys.exit(0)
         print(f"error: stopped by {signum.name}; output not yet complete was removed", file=sys.stderr)
         sys.exit(128 + signum)
 

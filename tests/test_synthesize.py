@@ -369,3 +369,32 @@ def test_pool_workers_die_by_the_default_sigterm_action(monkeypatch, tmp_path):
         assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
         frames = espeak.run_jobs(jobs, workers=2)
     assert frames == {j.path: 1 for j in jobs}
+
+
+@pytest.mark.parametrize("after_commit", [False, True])
+def test_a_signal_before_the_output_is_complete_removes_it_and_after_stops_nothing(tmp_path, after_commit):
+    """Exit 143 means nothing was written, exit 0 a complete output: SIGTERM while writing removes the staged
+    corpus; SIGTERM once Staging has moved it into place (the race the random-moment test once hit) keeps it."""
+    from manifests import staging as staging_module
+    from manifests.common import run_or_exit
+
+    out = tmp_path / "corpus"
+
+    def body():
+        with staging_module.Staging(str(tmp_path)) as st:
+            (open(os.path.join(st.folder("corpus"), "SPEAKERS.TXT"), "w")).write("x\n")
+            if not after_commit:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    staging_module._COMPLETED.clear()
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            run_or_exit(body)
+    finally:
+        staging_module._COMPLETED.clear()
+    assert stopped.value.code == (0 if after_commit else 128 + signal.SIGTERM)
+    assert out.exists() == after_commit
+    assert [p.name for p in tmp_path.iterdir()] == (["corpus"] if after_commit else [])
