@@ -1,0 +1,163 @@
+"""The study's files: a row's committed files (per-utterance counts, validation curve, dense model), the scratch
+run folder a row resumes from, and the git commit of a finished row's files (experiments/study.py uses them)."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from typing import Dict, List, Optional
+
+from . import bootstrap
+from .common import REPO, log
+from .fairseq_log import records
+
+
+class RowFiles:
+    """Where one row's committed files are."""
+
+    def __init__(self, results: str, assets: str, name: str) -> None:
+        self.counts = os.path.join(results, "study", "utterances", f"{name}.tsv")
+        self.curve = os.path.join(results, "study", "curves", f"{name}.json")
+        self.model = os.path.join(assets, f"{name}.pt")
+
+    def problem(self, dense: bool) -> Optional[str]:
+        """Why the row cannot be reused (a missing or unreadable file, named), or None."""
+        try:
+            read_counts(self.counts)
+            with open(self.curve) as f:
+                json.load(f)
+        except (OSError, ValueError) as e:
+            return str(e)
+        if dense:
+            from fairseq_prune.checkpoints import CheckpointError, read_checkpoint
+
+            try:
+                read_checkpoint(self.model)
+            except CheckpointError as e:
+                return str(e)
+        return None
+
+
+def write_counts(path: str, ids: List[int], counts) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.write("id\t" + "\t".join(bootstrap.COUNTS) + "\n")
+        for i, row in zip(ids, counts):
+            f.write(f"{i}\t" + "\t".join(str(int(v)) for v in row) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def read_counts(path: str):
+    import numpy as np
+
+    with open(path) as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if header != ["id", *bootstrap.COUNTS]:
+            raise ValueError(f"{path}:1: not a per-utterance counts file")
+        table = [line.split("\t") for line in f if line.strip()]
+    try:
+        values = np.asarray([[int(v) for v in r] for r in table], dtype=np.int64)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    if values.ndim != 2 or values.shape[1] != len(header) or not len(values):
+        raise ValueError(f"{path}: no rows, or rows of the wrong width")
+    return [int(i) for i in values[:, 0]], values[:, 1:]
+
+
+def validation_curve(log_path: str, subset: str) -> List[Dict]:
+    """Every validation of a run's log: update, lr and the dev metrics."""
+    with open(log_path) as f:
+        lines = f.readlines()
+    lr_by_epoch = {int(r["epoch"]): float(r["train_lr"]) for r in records(lines, "train") if "train_lr" in r}
+    out = []
+    for r in records(lines, subset):
+        point = {"update": int(r[f"{subset}_num_updates"]), "epoch": int(r["epoch"]),
+                 "lr": lr_by_epoch.get(int(r["epoch"]))}
+        for key in ("wer", "uer", "intent_acc", "wer_in_budget", "det_macs_ratio"):
+            if f"{subset}_{key}" in r:
+                point[key] = float(r[f"{subset}_{key}"])
+        out.append(point)
+    return sorted({p["update"]: p for p in out}.values(), key=lambda p: p["update"])  # resumed runs log twice
+
+
+def held_out_problem(start: str) -> str:
+    """Why the self-supervised model ``start`` cannot start the study ("" when it can): it must exist and its
+    provenance (the ``.json`` beside it) must say that its pre-training corpus held out today's dev and test
+    voices and sentences."""
+    from manifests.unlabeled import held_out_fingerprint
+
+    provenance = os.path.splitext(start)[0] + ".json"
+    if not os.path.exists(start) or not os.path.exists(provenance):
+        return f"{start} (and its provenance {os.path.basename(provenance)}): make it with " \
+               "scripts/make_pretrained_model.py"
+    with open(provenance) as f:
+        held = json.load(f).get("held_out") or {}
+    if held.get("sha256") != held_out_fingerprint(held.get("corpora_seed", 1)):
+        return f"a pre-trained model whose corpus holds out today's dev/test sets ({provenance} does not record " \
+               "it): make it again with scripts/make_pretrained_model.py"
+    return ""
+
+
+def set_aside_unreadable(save: str) -> None:
+    """Make a run folder resumable or fresh. A ``checkpoint_last.pt`` that does not read (a session killed while
+    fairseq copied it) is set aside, never deleted, and replaced by the newest epoch checkpoint that reads (fairseq
+    writes those atomically; the study keeps the last two); with none, the folder is set aside and the run starts
+    again. Each step is logged with its path."""
+    last = os.path.join(save, "checkpoint_last.pt")
+    if not os.path.exists(last):
+        return
+    from fairseq_prune.checkpoints import CheckpointError, read_checkpoint
+
+    try:
+        read_checkpoint(last)
+        return
+    except CheckpointError as e:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        log(f"study: {e}")
+    os.replace(last, f"{last}.unreadable-{stamp}")
+    for path in sorted((os.path.join(save, n) for n in os.listdir(save) if re.fullmatch(r"checkpoint\d+\.pt", n)),
+                       key=lambda p: int(re.sub(r"\D", "", os.path.basename(p))), reverse=True):
+        try:
+            read_checkpoint(path)
+        except CheckpointError as e:
+            log(f"study: {e}")
+            continue
+        shutil.copyfile(path, last + ".tmp")
+        os.replace(last + ".tmp", last)
+        log(f"study: {save} resumes from {os.path.basename(path)} (the unreadable checkpoint_last.pt is kept as "
+            f"checkpoint_last.pt.unreadable-{stamp})")
+        return
+    aside = f"{save}.unreadable-{stamp}"
+    os.replace(save, aside)
+    log(f"study: no readable checkpoint in {save}: the run starts again (its folder is kept as {aside})")
+
+
+def record_invocation(save: str, minutes: float) -> float:
+    """Add this invocation's minutes to the run's ``invocations.json``; returns the total over all of them."""
+    path = os.path.join(save, "invocations.json")
+    runs = json.load(open(path)) if os.path.exists(path) else []
+    runs.append({"minutes": round(minutes, 1), "ended": time.strftime("%Y-%m-%d %H:%M")})
+    with open(path, "w") as f:
+        json.dump(runs, f, indent=1)
+    return round(sum(r["minutes"] for r in runs), 1)
+
+
+def git_head() -> str:
+    p = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return p.stdout.strip() or "unknown"
+
+
+def commit_files(paths: List[str], message: str, tries: int = 20) -> None:
+    """``git add`` + ``git commit`` of ``paths`` only (retried while another git command holds the index)."""
+    rel = [os.path.relpath(p, REPO) for p in paths if os.path.exists(p)]
+    for attempt in range(tries):
+        add = subprocess.run(["git", "add", "--", *rel], cwd=REPO, capture_output=True, text=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", message, "--", *rel], cwd=REPO, capture_output=True, text=True
+        ).returncode == 0
+        if done:
+            log(f"study: committed {message}")
+            return
+        time.sleep(3)
+    log(f"study: could not commit {rel} ({message}); commit them by hand")
