@@ -18,7 +18,6 @@ not checked for equality: its largest difference to the float model is printed).
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -29,10 +28,10 @@ import torch
 from experiments.checkpoints import wav2vec2_pretraining_cfg
 from experiments.timing import time_models
 from fairseq_prune.cost import REFERENCE_SAMPLES, cost_breakdown, totals
-from fairseq_prune.export import prune
+from fairseq_prune.export.prune import prune
 from fairseq_prune.layer_sizes import LayerSizes
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning
-from fairseq_prune.onnx_runtime import import_onnxruntime, ort_session
+from fairseq_prune.onnx.runtime import import_onnxruntime, ort_session
 
 VOCAB = 32
 ALL_GATES = dict(prune_conv_channels=True, prune_attention_heads=True, prune_ffn_units=True, feature_grad_mult=1.0)
@@ -138,7 +137,7 @@ def build_models(args: argparse.Namespace):
 def write_onnx_files(models: Dict[str, torch.nn.Module], names: List[str], folder: str, int8: bool) -> Dict[str, str]:
     """``{label: .onnx path}``: each named model exported and checked as fairseq-prune-onnx does (logits, no
     padding-mask input), and with ``int8`` its dynamic int8 quantisation (label ``NAME int8``)."""
-    from fairseq_prune.onnx_export import OnnxSpec, check_onnx, export_onnx
+    from fairseq_prune.onnx.export import OnnxSpec, check_onnx, export_onnx
 
     spec = OnnxSpec(log_probs=False, padding_mask_input=False)
     files = {}

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, Tuple
+from typing import Dict
 
 import torch
 

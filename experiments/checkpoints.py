@@ -51,7 +51,7 @@ def write_wav2vec2_checkpoint(
     import torch
     from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
 
-    from fairseq_prune.checkpoints import save_atomic
+    from fairseq_prune.io.checkpoints import save_atomic
 
     cfg = wav2vec2_pretraining_cfg(model_overrides, normalize)
     torch.manual_seed(seed)
@@ -75,7 +75,7 @@ def write_wav2vec2_checkpoint(
 def random_init_model(start: str, work: str, seed: int = 1) -> str:
     """A randomly initialised wav2vec2 pre-training checkpoint of ``start``'s shape (fairseq's own classes and
     initialisation), written once under ``work``: the baseline that shows what pre-training is worth."""
-    from fairseq_prune.checkpoints import read_checkpoint
+    from fairseq_prune.io.checkpoints import read_checkpoint
 
     path = os.path.join(work, f"random_init-seed{seed}.pt")
     if not os.path.exists(path):
@@ -88,7 +88,7 @@ def random_init_model(start: str, work: str, seed: int = 1) -> str:
 def is_finetuned(checkpoint: str) -> bool:
     """Whether ``checkpoint`` is a model fine-tuned with CTC (it can be a distillation teacher), not a
     self-supervised one."""
-    from fairseq_prune.checkpoints import read_checkpoint
+    from fairseq_prune.io.checkpoints import read_checkpoint
 
     return "ctc" in read_checkpoint(checkpoint)["cfg"]["model"]["_name"]
 
@@ -99,7 +99,7 @@ def ship_checkpoint(trained: str, out: str, provenance_key: str, provenance: dic
     the state written."""
     import torch
 
-    from fairseq_prune.checkpoints import save_atomic
+    from fairseq_prune.io.checkpoints import save_atomic
 
     state = torch.load(trained, weights_only=False)
     state["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import time
-from typing import List
 
 from .common import PY, REPO, START_MODEL, command_env, log, run
 from .corpora import SUBSETS
@@ -77,7 +76,7 @@ def export(checkpoint: str, out: str, plot: str) -> dict:
 
 def dense_costs(checkpoint: str, manifest: str) -> dict:
     """Parameters and MACs at 10 s of a model without gates (and the per-layer sizes of an exported one)."""
-    from fairseq_prune.checkpoints import PER_LAYER_SIZES
+    from fairseq_prune.io.checkpoints import PER_LAYER_SIZES
     from fairseq_prune.cost import REFERENCE_SAMPLES, cost_breakdown, totals
 
     model = load_model(checkpoint, manifest)
@@ -96,7 +95,7 @@ def run_name(corpus: str, label: str, seed: int = None) -> str:
 
 def _costs(method: str, best: str, manifest: str, save: str, plot: str) -> tuple:
     """(model to decode, its cost fields): a dense model as trained, a gated one exported first."""
-    from fairseq_prune.checkpoints import PER_LAYER_SIZES
+    from fairseq_prune.io.checkpoints import PER_LAYER_SIZES
 
     if method == "dense":
         return best, dense_costs(best, manifest)

@@ -30,7 +30,7 @@ class RowFiles:
         except (OSError, ValueError) as e:
             return str(e)
         if dense:
-            from fairseq_prune.checkpoints import CheckpointError, read_checkpoint
+            from fairseq_prune.io.checkpoints import CheckpointError, read_checkpoint
 
             try:
                 read_checkpoint(self.model)
@@ -107,7 +107,7 @@ def set_aside_unreadable(save: str) -> None:
     last = os.path.join(save, "checkpoint_last.pt")
     if not os.path.exists(last):
         return
-    from fairseq_prune.checkpoints import CheckpointError, read_checkpoint
+    from fairseq_prune.io.checkpoints import CheckpointError, read_checkpoint
 
     try:
         read_checkpoint(last)

@@ -1,10 +1,10 @@
 """fairseq-prune: HJ-Pruning of wav2vec2 models (Peng et al., ICASSP 2023) as a fairseq ``--user-dir`` plugin.
 
 Importing the package registers its model, task and criterion with fairseq, and makes fairseq's resume fall back
-to the newest intact checkpoint when ``checkpoint_last.pt`` is damaged (:mod:`fairseq_prune.resume`).
+to the newest intact checkpoint when ``checkpoint_last.pt`` is damaged (:mod:`fairseq_prune.io.resume`).
 """
-from . import resume
-from .checkpoints import register_safe_globals
+from .io import resume
+from .io.checkpoints import register_safe_globals
 
 register_safe_globals()
 resume.install()

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Sequence
 import torch
 
 from .cost import Wav2Vec2Shape
-from .errors import ConfigError
+from .io.errors import ConfigError
 from .layer_sizes import LayerSizes
 
 FORMAT = "fairseq-prune-latency/1"

@@ -15,10 +15,16 @@ from typing import Any, Dict, List, Tuple, Union
 import torch
 from omegaconf import open_dict
 
-from .errors import ConfigError
+from .io.errors import ConfigError
 
 #: a size: an int, or (for expected sizes under the gates) a differentiable tensor
 Number = Union[int, float, torch.Tensor]
+
+
+def is_gate_key(key: str) -> bool:
+    """Whether a state-dict key is a gate's parameter (``...log_alpha``): what export drops and what a dense
+    checkpoint does not have."""
+    return key.endswith("log_alpha")
 
 
 def parse_conv_layers(spec: str) -> List[Tuple[int, int, int]]:
@@ -103,7 +109,7 @@ class LayerSizes:
 
     def resolve(self, dense: "LayerSizes") -> "LayerSizes":
         """These sizes with every empty field replaced by ``dense``'s, checked against the dense layer counts:
-        a :class:`~fairseq_prune.errors.ConfigError` naming the ``model.`` field otherwise."""
+        a :class:`~fairseq_prune.io.errors.ConfigError` naming the ``model.`` field otherwise."""
         out = LayerSizes(*(getattr(self, name) or getattr(dense, name) for name in self.names()))
         for name in self.names():
             given, n = getattr(out, name), len(getattr(dense, name))

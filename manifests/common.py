@@ -1,19 +1,18 @@
-"""Helpers shared by the corpus scripts: errors and signals, audio checks and conversion, letter labels, fairseq
-dictionaries, skip bookkeeping, progress bars and summaries. (Staged, all-or-nothing output:
-:mod:`manifests.staging`.)"""
+"""Helpers shared by the corpus scripts: audio checks and conversion, letter labels, fairseq
+dictionaries, skip bookkeeping, progress bars and summaries. (Errors and signals: :mod:`manifests.errors`;
+staged, all-or-nothing output: :mod:`manifests.staging`.)"""
 import argparse
-import contextlib
 import os
 import re
-import signal
 import sys
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import soundfile as sf
 from tqdm import tqdm
+
+from manifests.errors import ManifestError, Terminated, run_or_exit  # noqa: F401  (the scripts' names for them)
 
 if TYPE_CHECKING:  # manifests.staging imports this module
     from manifests.staging import Staging
@@ -24,71 +23,12 @@ SAMPLE_RATE = 16000
 LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
 #: word boundary symbol of ``.ltr`` labels
 WORD_BOUNDARY = "|"
-#: how an intent token is spelled; the same pattern as ``fairseq_prune.intent.INTENT_RE`` (a test checks this;
+#: how an intent token is spelled; the same pattern as ``fairseq_prune.text.INTENT_RE`` (a test checks this;
 #: importing that module here would import fairseq, which takes seconds)
 INTENT_RE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)+$")
 #: how many examples of each skip reason a summary lists
 SUMMARY_EXAMPLES = 5
 
-
-class ManifestError(Exception):
-    """Bad input that stops a script: the message names the file (and line or field) and what is wrong."""
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived: raised where the script is (a ``BaseException``, so that no ``except Exception`` takes it
-    for bad input), so that :class:`Staging` removes what it wrote."""
-
-
-# ----------------------------------------------------------------------------------------------- CLI plumbing
-
-
-def run_or_exit(body: Callable[[], None]) -> None:
-    """Run a script's body; a :class:`ManifestError` becomes one ``error: ...`` line on stderr and exit code 1.
-    SIGTERM and Ctrl-C stop it the same way (exit codes 143 and 130) after the partial output is removed; one that
-    comes once the output is complete (Staging committed) stops nothing: exit 0, so that 0 means "complete" and
-    143/130 "nothing written"."""
-    try:
-        with _terminate_by_exception():
-            body()
-    except ManifestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except (Terminated, KeyboardInterrupt) as e:
-        signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
-        from manifests.staging import completed_outputs
-
-        done = completed_outputs()
-        if done:  # the signal came after the output was moved into place (the only staging of a script)
-            print(f"note: {signum.name} came after the output was complete: {', '.join(done)}", file=sys.stderr)
-            sys.exit(0)
-        print(f"error: stopped by {signum.name}; output not yet complete was removed", file=sys.stderr)
-        sys.exit(128 + signum)
-
-
-@contextlib.contextmanager
-def _terminate_by_exception():
-    """While the block runs, SIGTERM raises :class:`Terminated` in this process. Processes forked meanwhile inherit
-    the handler, which there re-sends the signal with its default action; a handler only runs once a blocked call
-    returns, so pool workers must not rely on it: :func:`manifests.espeak.run_jobs` gives its workers the default
-    action from the start."""
-    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
-        yield
-        return
-    owner = os.getpid()
-
-    def handler(signum, frame):
-        if os.getpid() != owner:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def progress(items: Sequence, desc: str, unit: str = "file", total: Optional[int] = None):

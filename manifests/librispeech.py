@@ -11,18 +11,14 @@ For every subset: ``{subset}.tsv`` (first line the subset folder, then ``SPEAKER
 import argparse
 import glob
 import os
-import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Set
 
-if __package__ in (None, ""):  # run as a file: make ``manifests`` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from manifests.common import (  # noqa: E402
+from manifests.common import (
     AudioPolicy, ManifestError, Skips, SubsetStats, add_audio_arguments, audio_policy, audio_row, count_units,
     dictionary_lines, letter_units, outside_letter_set, progress, run_or_exit, summary_lines, write_lines,
 )
-from manifests.staging import Staging, add_dest_arguments, check_manifest_dest  # noqa: E402
+from manifests.staging import Staging, add_dest_arguments, check_manifest_dest
 
 AUDIO_EXT = "flac"
 TRANS_SUFFIX = ".trans.txt"

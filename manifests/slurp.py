@@ -19,20 +19,16 @@ import argparse
 import json
 import os
 import re
-import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 
-if __package__ in (None, ""):  # run as a file: make ``manifests`` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from manifests.common import (  # noqa: E402
+from manifests.common import (
     INTENT_RE, AudioPolicy, ManifestError, Skips, SubsetStats, add_audio_arguments, audio_policy, audio_row,
     count_units, dictionary_lines, letter_units, outside_letter_set, progress, run_or_exit, summary_lines,
     write_lines,
 )
-from manifests.staging import Staging, add_dest_arguments, check_manifest_dest  # noqa: E402
+from manifests.staging import Staging, add_dest_arguments, check_manifest_dest
 
 SPLITS = ("train", "devel", "test")
 #: output split -> (jsonl file, audio folder) sources in order

@@ -13,7 +13,7 @@ import tempfile
 import threading
 from typing import List, Set, Tuple
 
-from manifests.common import ManifestError
+from manifests.errors import COMPLETED, ManifestError
 
 #: temporary folders of :class:`Staging`: this prefix, 8 characters of ``tempfile``'s alphabet, and inside
 #: :data:`STAGING_LOCK`, locked (``flock``) by the process writing there for as long as it runs
@@ -21,13 +21,6 @@ PARTIAL_RE = re.compile(r"^\.partial-[a-z0-9_]{8}$")
 STAGING_LOCK = ".staging-lock"
 #: lock file descriptors of this process's live :class:`Staging` folders
 _HELD_LOCKS: Set[int] = set()
-#: destinations whose :meth:`Staging.commit` has moved everything into place in this process
-_COMPLETED: List[str] = []
-
-
-def completed_outputs() -> List[str]:
-    """The destinations this process has completed (a signal after that stops nothing: see run_or_exit)."""
-    return list(_COMPLETED)
 
 
 def _drop_inherited_locks() -> None:
@@ -159,7 +152,7 @@ class Staging:
                     shutil.rmtree(final)
                 os.makedirs(os.path.dirname(final), exist_ok=True)
                 os.replace(staged, final)
-            _COMPLETED.append(self.dest)
+            COMPLETED.append(self.dest)
         self._remove_tmp()
 
     def abort(self) -> None:

@@ -16,19 +16,15 @@ import functools
 import json
 import os
 import random
-import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
-if __package__ in (None, ""):  # run as a file: make ``manifests`` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from manifests import synth_text  # noqa: E402
-from manifests.common import SAMPLE_RATE, ManifestError, run_or_exit  # noqa: E402
-from manifests.espeak import Job, espeak_version, run_jobs  # noqa: E402
-from manifests.staging import Staging, check_dest  # noqa: E402
+from manifests import synth_text
+from manifests.common import SAMPLE_RATE, ManifestError, run_or_exit
+from manifests.espeak import Job, espeak_version, run_jobs
+from manifests.staging import Staging, check_dest
 
 #: English voices of espeak-ng 1.51 that take a ``+variant`` (``en-gb+variant`` ignores the variant; ``en`` is
 #: the same British voice and does not)

@@ -22,19 +22,15 @@ import argparse
 import json
 import os
 import random
-import sys
 import time
 from dataclasses import asdict
 from typing import Dict, List, Set, Tuple
 
-if __package__ in (None, ""):  # run as a file: make ``manifests`` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from manifests import synth_text  # noqa: E402
-from manifests.common import SAMPLE_RATE, ManifestError, run_or_exit, write_lines  # noqa: E402
-from manifests.espeak import Job, espeak_version, run_jobs  # noqa: E402
-from manifests.staging import Staging  # noqa: E402
-from manifests.synthesize import (  # noqa: E402
+from manifests import synth_text
+from manifests.common import SAMPLE_RATE, ManifestError, run_or_exit, write_lines
+from manifests.espeak import Job, espeak_version, run_jobs
+from manifests.staging import Staging
+from manifests.synthesize import (
     DEFAULTS, PEAK_RANGE, PITCH_RANGE, SPEAKER_DEFAULTS, SPEED_RANGE, VARIANTS, VOICES, Speaker, check_out,
     plan_librispeech, plan_slurp, unique_item
 )

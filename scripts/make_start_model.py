@@ -74,7 +74,7 @@ def join_training_manifests(manifests: dict, dest: str) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    from fairseq_prune.checkpoints import read_checkpoint
+    from fairseq_prune.io.checkpoints import read_checkpoint
 
     t0 = time.time()
     # fairseq-hydra-train runs in its hydra.run.dir: every path it is given must be absolute

@@ -207,7 +207,7 @@ def save_finetuned(model, cfg, path: str):
     import torch
     from omegaconf import OmegaConf
 
-    from fairseq_prune.checkpoints import save_atomic
+    from fairseq_prune.io.checkpoints import save_atomic
 
     with torch.no_grad():
         for p in model.parameters():

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # ``import manifests`` from any working directory
-    sys.path.insert(0, REPO)
+from manifests import synthesize
 
-from manifests import synthesize  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: fairseq's own manifest scripts, found without importing fairseq (which takes seconds)
 FAIRSEQ_W2V = os.path.join(importlib.util.find_spec("fairseq").submodule_search_locations[0], "examples", "wav2vec")

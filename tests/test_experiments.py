@@ -116,7 +116,7 @@ def test_match_start_dictionary(tmp_path):
 
 def test_random_init_model(small_w2v, tmp_path):
     """A randomly initialised checkpoint of a start model's shape (written once), not a fine-tuned one."""
-    from fairseq_prune.checkpoints import read_checkpoint
+    from fairseq_prune.io.checkpoints import read_checkpoint
 
     path = random_init_model(small_w2v, str(tmp_path), seed=3)
     assert path == random_init_model(small_w2v, str(tmp_path), seed=3)

@@ -10,10 +10,10 @@ from fairseq import checkpoint_utils
 
 import fairseq_prune  # noqa: F401 (registers the model for fairseq's loader)
 from experiments.checkpoints import write_wav2vec2_checkpoint
-from fairseq_prune.checkpoints import PER_LAYER_SIZES, CheckpointError
-from fairseq_prune.export import load_gated, prune
+from fairseq_prune.io.checkpoints import PER_LAYER_SIZES, CheckpointError
+from fairseq_prune.export.prune import load_gated, prune
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
-from fairseq_prune.modules.hard_concrete import is_gate_key
+from fairseq_prune.layer_sizes import is_gate_key
 from helpers import SMALL_W2V, build, hydra_train, padded_batch, run
 
 GATES = "w2v_encoder.w2v_model."

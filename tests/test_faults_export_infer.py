@@ -23,11 +23,11 @@ import soundfile as sf
 import torch
 
 import fairseq_prune  # noqa: F401  (registers our model, task and safe globals)
-from fairseq_prune import safe_output
-from fairseq_prune.checkpoints import atomic_outputs
+from fairseq_prune.io import safe_output
+from fairseq_prune.io.checkpoints import atomic_outputs
 from fairseq_prune.cli import export as export_cli
 from fairseq_prune.cli.infer import cli_main as infer_main
-from fairseq_prune.decode_inputs import mixdown_loss_db
+from fairseq_prune.inference.inputs import mixdown_loss_db
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
 from helpers import REPO, copy_manifest, start, write_noise_corpus
 from infer_fixtures import read_summary, write_ctc_checkpoint, write_plain_ctc_checkpoint
@@ -224,10 +224,9 @@ def test_export_dictionary_of_another_size_is_refused(tmp_path, gated, capsys):
 
 def _stale_temp_file(folder) -> str:
     """A temporary file named by safe_output.new_temp_file in a process that has ended (so: stale)."""
-    code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('so', sys.argv[1]); "
-            "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); print(m.new_temp_file(sys.argv[2], '.pt'))")
-    path = subprocess.run([sys.executable, "-c", code, os.path.join(REPO, "fairseq_prune", "safe_output.py"),
-                           str(folder)], capture_output=True, text=True, check=True).stdout.strip()
+    code = "import sys; from fairseq_prune.io.safe_output import new_temp_file; print(new_temp_file(sys.argv[1], '.pt'))"
+    path = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True,
+                          check=True).stdout.strip().splitlines()[-1]
     return os.path.basename(path)
 
 

@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
-from fairseq_prune.checkpoints import CheckpointError, checkpoint_damage, read_checkpoint
-from fairseq_prune.resume import resume_cfg
+from fairseq_prune.io.checkpoints import CheckpointError, checkpoint_damage, read_checkpoint
+from fairseq_prune.io.resume import resume_cfg
 from helpers import hydra_train, hydra_train_command, run_unchecked
 
 PREFIX = "fairseq-prune: error: "

@@ -5,7 +5,7 @@ import torch
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig
 
 from experiments.checkpoints import write_wav2vec2_checkpoint
-from fairseq_prune.checkpoints import CheckpointError
+from fairseq_prune.io.checkpoints import CheckpointError
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
 from fairseq_prune.modules.hard_concrete import HardConcrete
 from helpers import SMALL_W2V, build, padded_batch, root_cfg, save_finetuned

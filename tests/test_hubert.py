@@ -10,11 +10,11 @@ from fairseq import tasks
 from fairseq.models.hubert.hubert import HubertModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from fairseq_prune.checkpoints import CheckpointError, save_atomic
-from fairseq_prune.export_report import format_cost, format_table
+from fairseq_prune.io.checkpoints import CheckpointError, save_atomic
+from fairseq_prune.export.report import format_cost, format_table
 from fairseq_prune.cost import REFERENCE_SAMPLES, cost_breakdown, group_breakdown, totals
-from fairseq_prune.export import prune
-from fairseq_prune.hubert import (
+from fairseq_prune.export.prune import prune
+from fairseq_prune.modules.hubert import (
     HUBERT_BASE,
     HUBERT_LARGE,
     hubert_as_wav2vec2,

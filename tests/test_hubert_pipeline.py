@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from fairseq_prune.hubert import write_hubert_checkpoint
+from fairseq_prune.modules.hubert import write_hubert_checkpoint
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
 from helpers import REPO, build, hydra_train, hydra_train_command, log_records, run, run_unchecked, write_noise_corpus
 from hubert_fixtures import SMALL_HUBERT

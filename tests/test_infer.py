@@ -22,7 +22,7 @@ from fairseq_prune.cli import fairseq_infer as launcher
 from fairseq_prune.cli.infer import cli_main, get_parser, main
 from fairseq_prune.inference.results import RESULT_FILES
 from fairseq_prune.inference.scoring import Scores, score_pairs
-from fairseq_prune.intent import strip_intent
+from fairseq_prune.text import strip_intent
 from helpers import VENV_BIN, copy_manifest, hydra_train, run, write_noise_corpus
 from infer_fixtures import (
     fairseq_wer_file,

@@ -100,8 +100,8 @@ def test_dictionary_contains_every_intent(slurp_corpus, prepared):
 
 
 def test_intent_tokens_follow_the_project_pattern(prepared):
-    """Our copy of the intent pattern is fairseq_prune.intent's (loaded from its file, without importing fairseq)."""
-    spec = importlib.util.spec_from_file_location("_intent", os.path.join(REPO, "fairseq_prune", "intent.py"))
+    """Our copy of the intent pattern is fairseq_prune.text's (loaded from its file, without importing fairseq)."""
+    spec = importlib.util.spec_from_file_location("_intent", os.path.join(REPO, "fairseq_prune", "text.py"))
     intent = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(intent)
     assert slurp.INTENT_RE.pattern == intent.INTENT_RE.pattern

@@ -17,12 +17,12 @@ pytest.importorskip("onnx", reason="the ONNX path needs pip install -e '.[onnx]'
 
 from experiments.checkpoints import wav2vec2_pretraining_cfg  # noqa: E402
 from fairseq_prune.cli import onnx as onnx_cli  # noqa: E402
-from fairseq_prune.decoding import greedy_units  # noqa: E402
+from fairseq_prune.text import greedy_units  # noqa: E402
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning  # noqa: E402
-from fairseq_prune.onnx_export import (  # noqa: E402
+from fairseq_prune.onnx.export import (  # noqa: E402
     OnnxSpec, TraceableCtc, check_onnx, export_onnx, random_padded_batch, reference_emissions,
 )
-from fairseq_prune.onnx_runtime import OnnxCtcModel  # noqa: E402
+from fairseq_prune.onnx.runtime import OnnxCtcModel  # noqa: E402
 from helpers import SMALL_W2V  # noqa: E402
 from onnx_fixtures import (  # noqa: E402,F401  (fixtures)
     INTENTS, assert_close, corpus, exported, gated, load, plain_ctc, to_onnx,
@@ -211,7 +211,7 @@ def test_bad_input_one_clear_error(case, tmp_path, exported, gated, corpus, monk
     if case == "gated checkpoint":
         args, expected = [gated, str(out / "m.onnx")], ["gated.pt", "hard concrete gates", "fairseq-prune-export"]
     elif case == "failed check":  # PyTorch's reference moved by 1e-3: the check must refuse the file
-        import fairseq_prune.onnx_export as onnx_export
+        import fairseq_prune.onnx.export as onnx_export
 
         real = onnx_export.reference_emissions
         monkeypatch.setattr(onnx_export, "reference_emissions", lambda *a, **k: real(*a, **k) + 1e-3)
@@ -233,10 +233,9 @@ def test_bad_input_one_clear_error(case, tmp_path, exported, gated, corpus, monk
 def test_base_size_pruned_model(tmp_path):
     """wav2vec2-base with random gates at half the MACs, exported as the inference benchmark builds it: the ONNX
     file passes the check and onnxruntime's greedy hypotheses on a padded batch are PyTorch's."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    import bench_inference as bench
-    from fairseq_prune.export import prune
-    from fairseq_prune.onnx_metadata import OnnxMetadata
+    bench = load_benchmark("bench_inference")
+    from fairseq_prune.export.prune import prune
+    from fairseq_prune.onnx.metadata import OnnxMetadata
     from helpers import LETTERS
 
     torch.manual_seed(0)

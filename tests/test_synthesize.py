@@ -361,7 +361,7 @@ def test_sigterm_at_any_moment_ends_promptly(tmp_path):
 def test_pool_workers_die_by_the_default_sigterm_action(monkeypatch, tmp_path):
     """The root of the hang: a worker forked while the command's SIGTERM handler is installed must not keep that
     Python-level handler (it can miss Pool.terminate()'s signal); it gets SIGTERM's default action."""
-    from manifests.common import _terminate_by_exception
+    from manifests.errors import _terminate_by_exception
 
     monkeypatch.setattr(espeak, "synthesize", lambda job: int(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL))
     jobs = [espeak.Job("x", "en-us", 175, 50, 0.5, str(tmp_path / f"{i}.flac")) for i in range(8)]
@@ -375,8 +375,8 @@ def test_pool_workers_die_by_the_default_sigterm_action(monkeypatch, tmp_path):
 def test_a_signal_before_the_output_is_complete_removes_it_and_after_stops_nothing(tmp_path, after_commit):
     """Exit 143 means nothing was written, exit 0 a complete output: SIGTERM while writing removes the staged
     corpus; SIGTERM once Staging has moved it into place (the race the random-moment test once hit) keeps it."""
-    from manifests import staging as staging_module
-    from manifests.common import run_or_exit
+    from manifests import errors, staging as staging_module
+    from manifests.errors import run_or_exit
 
     out = tmp_path / "corpus"
 
@@ -389,12 +389,12 @@ def test_a_signal_before_the_output_is_complete_removes_it_and_after_stops_nothi
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
 
-    staging_module._COMPLETED.clear()
+    errors.COMPLETED.clear()
     try:
         with pytest.raises(SystemExit) as stopped:
             run_or_exit(body)
     finally:
-        staging_module._COMPLETED.clear()
+        errors.COMPLETED.clear()
     assert stopped.value.code == (0 if after_commit else 128 + signal.SIGTERM)
     assert out.exists() == after_commit
     assert [p.name for p in tmp_path.iterdir()] == (["corpus"] if after_commit else [])

@@ -8,10 +8,10 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..checkpoints import CheckpointError, atomic_outputs
-from ..export import exported_state, load_gated, prune, target_dictionary
-from ..export_report import draw_architecture, format_table
-from ..safe_output import OutputError, Terminated, check_output, sigterm_raises, sweep_stale, writing
+from ..io.checkpoints import CheckpointError, atomic_outputs
+from ..export.prune import exported_state, load_gated, prune, target_dictionary
+from ..export.report import draw_architecture, format_table
+from ..io.safe_output import OutputError, Terminated, check_output, sigterm_raises, sweep_stale, writing
 
 logger = logging.getLogger("fairseq_prune.export")
 

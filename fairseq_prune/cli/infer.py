@@ -15,12 +15,12 @@ from typing import Any, Dict, List, Optional, Type, TypeVar
 
 from tqdm import tqdm
 
-from ..decode_inputs import InferenceError
-from ..decoding import BeamOptions
+from ..inference.inputs import InferenceError
+from ..inference.decoding import BeamOptions
 from ..inference.config import POST_PROCESS_CHOICES, InferenceConfig
-from ..inference.loop import run_inference
+from ..inference.loop import Backend, read_pytorch_model, run_inference
 from ..inference.scoring import summary_line
-from ..safe_output import Terminated, sigterm_raises
+from ..io.safe_output import Terminated, sigterm_raises
 
 logger = logging.getLogger("fairseq_prune.infer")
 
@@ -71,7 +71,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_lm_options(lm: argparse._ArgumentGroup) -> None:
-    """The decoder and the beam search's options (the fields of :class:`~fairseq_prune.decoding.BeamOptions`)."""
+    """The decoder and the beam search's options (the fields of :class:`~fairseq_prune.inference.decoding.BeamOptions`)."""
     lm.add_argument("--decoder", choices=("viterbi", "kenlm"), default=None,
                     help="viterbi: greedy CTC; kenlm: lexicon beam search with --kenlm-model "
                     "(default: kenlm when --kenlm-model is given, else viterbi)")
@@ -121,9 +121,19 @@ def config_from_args(args: argparse.Namespace) -> InferenceConfig:
     )
 
 
+def backend(name: str) -> Backend:
+    """The model reader of ``--backend``: fairseq's PyTorch model, or the ONNX file run by onnxruntime."""
+    if name == "onnxruntime":
+        from ..onnx.runtime import read_onnx_model
+
+        return read_onnx_model
+    return read_pytorch_model
+
+
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     """Decode as ``args`` say, print the summary line last, and return the summary (also ``summary.json``)."""
-    summary = run_inference(config_from_args(args), log=lambda line: tqdm.write(line, file=sys.stderr))
+    cfg = config_from_args(args)
+    summary = run_inference(cfg, log=lambda line: tqdm.write(line, file=sys.stderr), backend=backend(cfg.backend))
     if args.results_path:
         logger.info("wrote hypo.word, hypo.units, ref.word, ref.units and summary.json to %s", args.results_path)
     print(summary_line(summary), flush=True)

@@ -19,11 +19,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
-from ..checkpoints import CheckpointError, atomic_output, model_name, read_checkpoint
-from ..modules.hard_concrete import is_gate_key
-from ..onnx_export import CHECK_TOLERANCE, OPSET, OnnxExportError, OnnxSpec, check_onnx, export_onnx
-from ..onnx_metadata import OnnxMetadata, OnnxModelError, dictionary_from_symbols, read_intents
-from ..onnx_runtime import import_onnxruntime
+from ..io.checkpoints import CheckpointError, atomic_output, model_name, read_checkpoint
+from ..layer_sizes import is_gate_key
+from ..onnx.export import CHECK_TOLERANCE, OPSET, OnnxExportError, OnnxSpec, check_onnx, export_onnx
+from ..onnx.metadata import OnnxMetadata, OnnxModelError, dictionary_from_symbols, read_intents
+from ..onnx.runtime import import_onnxruntime
 
 logger = logging.getLogger("fairseq_prune.onnx")
 

@@ -129,7 +129,7 @@ def profile_blocks(shape: Wav2Vec2Shape, args) -> Dict:
 
 
 def main(args: argparse.Namespace) -> Dict:
-    from ..checkpoints import load_w2v_source
+    from ..io.checkpoints import load_w2v_source
     from ..latency import LatencyTable
     from ..models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning
 
@@ -161,7 +161,7 @@ def main(args: argparse.Namespace) -> Dict:
 
 
 def cli_main() -> None:
-    from ..errors import PluginError
+    from ..io.errors import PluginError
 
     args = get_parser().parse_args()
     try:

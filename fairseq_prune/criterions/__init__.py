@@ -1,0 +1,1 @@
+"""fairseq criteria: CTC with the hard-concrete budget (Lagrangian), budgets as objects, and distillation."""

@@ -6,7 +6,7 @@ budget is adding a class here."""
 from typing import Dict, List, Optional, Sequence
 
 from ..cost import Cost, Wav2Vec2Shape
-from ..errors import ConfigError
+from ..io.errors import ConfigError
 from ..layer_sizes import LayerSizes
 
 #: gate groups of the Transformer (the CNN's is ``conv_channels``)

@@ -24,7 +24,7 @@ from fairseq.dataclass import ChoiceEnum
 from torch import nn
 
 from ..cost import Cost, cost_breakdown, totals
-from ..errors import ConfigError, one_line_errors
+from ..io.errors import ConfigError, one_line_errors
 from ..modules.hard_concrete import LAGRANGIAN_PARAM_GROUP
 from .budgets import BUDGETS, Budget, make_budget
 from .distillation import CtcTeacher

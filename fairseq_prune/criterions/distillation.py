@@ -13,8 +13,8 @@ from typing import Any, Dict
 import torch
 from fairseq import models
 
-from ..checkpoints import read_checkpoint
-from ..errors import CheckpointError, ConfigError, one_line
+from ..io.checkpoints import read_checkpoint
+from ..io.errors import CheckpointError, ConfigError, one_line
 from .layer_distillation import hidden_states
 
 

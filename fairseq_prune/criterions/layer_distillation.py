@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..io.errors import ConfigError
 
 
 def hidden_states(layer_results) -> List[torch.Tensor]:

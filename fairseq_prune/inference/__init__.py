@@ -21,13 +21,13 @@ decoding stops at each utterance's last valid frame; result files appear only wh
 The package, one concern a module:
 
 * :mod:`.loading`: the checkpoint (a CTC model, an audio fine-tuning task) built for decoding;
-* :mod:`fairseq_prune.decoding`: the decoders (greedy CTC, KenLM beam search);
+* :mod:`fairseq_prune.inference.decoding`: the decoders (greedy CTC, KenLM beam search);
 * :mod:`.scoring`: WER, transcript WER, intent accuracy, the summary;
 * :mod:`.results`: the result files, written atomically;
 * :mod:`.config` and :mod:`.loop`: what is asked, and the decoding loop (:func:`run_inference`).
 """
-from ..decode_inputs import InferenceError
-from ..decoding import BeamOptions
+from .inputs import InferenceError
+from .decoding import BeamOptions
 from .config import POST_PROCESS_CHOICES, InferenceConfig
 from .loop import run_inference
 from .results import RESULT_FILES, SUMMARY_FILE

@@ -3,9 +3,9 @@ loaded (:func:`check_options`)."""
 from dataclasses import dataclass
 from typing import Optional
 
-from ..decode_inputs import InferenceError, check_file
-from ..decoding import BeamOptions, import_ctc_decoder
-from ..safe_output import OutputError, check_output_folder, sweep_stale
+from .inputs import InferenceError, check_file
+from .decoding import BeamOptions, import_ctc_decoder
+from ..io.safe_output import OutputError, check_output_folder, sweep_stale
 
 #: values accepted by fairseq's ``post_process``
 POST_PROCESS_CHOICES = ("letter", "sentencepiece", "wordpiece", "silence", "_EOW", "subword_nmt", "none")

@@ -13,8 +13,8 @@ from fairseq.tasks import TASK_REGISTRY
 from fairseq.tasks.audio_finetuning import AudioFinetuningTask
 from omegaconf import open_dict
 
-from ..checkpoints import CheckpointError, model_name, read_checkpoint
-from ..decode_inputs import InferenceError
+from ..io.checkpoints import CheckpointError, model_name, read_checkpoint
+from .inputs import InferenceError
 
 logger = logging.getLogger("fairseq_prune.inference")  # the name its log lines have always had
 

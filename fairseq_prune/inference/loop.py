@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from fairseq import utils
 
-from ..decode_inputs import (
+from .inputs import (
     AudioEntry,
     InferenceError,
     Manifest,
@@ -17,7 +17,7 @@ from ..decode_inputs import (
     check_manifest,
     raise_read_error,
 )
-from ..decoding import Decoder, KenLMBeamDecoder, ViterbiDecoder
+from .decoding import Decoder, KenLMBeamDecoder, ViterbiDecoder
 from .config import InferenceConfig, check_options
 from .loading import LoadedModel, checkpoint_labels, load_model, read_ctc_checkpoint
 from .results import ResultWriter, Utterance, make_utterance, result_writer
@@ -73,20 +73,27 @@ def emissions(model, net_input: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, 
     return logits, lengths
 
 
-def load_inputs(cfg: InferenceConfig) -> Tuple[Manifest, List[AudioEntry], LoadedModel]:
-    """Check the checkpoint, the manifest, its dictionary and its audio files, then load the model and the
-    subset (whose failed audio reads are reported with their manifest line)."""
-    if cfg.backend == "onnxruntime":  # the same checks, onnxruntime in place of the model
-        from ..onnx_runtime import read_onnx_model
+#: a backend reads the model for decoding after the inputs' checks: ``(manifest, audio entries, loaded model)``,
+#: the model called like fairseq's (``model(**net_input)``, ``get_logits``). This module has the PyTorch one
+#: (:func:`read_pytorch_model`); :func:`fairseq_prune.onnx.runtime.read_onnx_model` is onnxruntime's. The command
+#: chooses one before the loop.
+Backend = Callable[[InferenceConfig], Tuple[Manifest, List[AudioEntry], LoadedModel]]
 
-        manifest, entries, loaded = read_onnx_model(cfg)
-    else:
-        state = read_ctc_checkpoint(cfg.path)
-        labels = cfg.labels or checkpoint_labels(state)
-        manifest = check_manifest(cfg.data, cfg.gen_subset, labels)
-        check_dictionary(cfg.path, state, manifest.dict_file)
-        entries = check_audio(manifest.tsv, int(state["cfg"].task.get("sample_rate", 16000)))
-        loaded = load_model(cfg.path, state, cfg.data, labels, cfg.cpu)
+
+def read_pytorch_model(cfg: InferenceConfig) -> Tuple[Manifest, List[AudioEntry], LoadedModel]:
+    """Check the checkpoint, the manifest, its dictionary and its audio files, then load the fairseq model."""
+    state = read_ctc_checkpoint(cfg.path)
+    labels = cfg.labels or checkpoint_labels(state)
+    manifest = check_manifest(cfg.data, cfg.gen_subset, labels)
+    check_dictionary(cfg.path, state, manifest.dict_file)
+    entries = check_audio(manifest.tsv, int(state["cfg"].task.get("sample_rate", 16000)))
+    return manifest, entries, load_model(cfg.path, state, cfg.data, labels, cfg.cpu)
+
+
+def load_inputs(cfg: InferenceConfig, backend: Backend) -> Tuple[Manifest, List[AudioEntry], LoadedModel]:
+    """The backend's checks and model, then the subset (whose failed audio reads are reported with their manifest
+    line)."""
+    manifest, entries, loaded = backend(cfg)
     task = loaded.task
     try:
         task.load_dataset(cfg.gen_subset, task_cfg=loaded.cfg.task)
@@ -143,14 +150,15 @@ def check_all_decoded(scores: Scores, manifest: Manifest) -> None:
         )
 
 
-def run_inference(cfg: InferenceConfig, log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
+def run_inference(cfg: InferenceConfig, log: Callable[[str], None] = lambda s: None,
+                  backend: Backend = read_pytorch_model) -> Dict[str, Any]:
     """Decode ``cfg.gen_subset`` of manifest folder ``cfg.data`` with checkpoint ``cfg.path``; write the result
     files and ``summary.json`` when ``cfg.results_path`` is set (all together, once decoding has finished; none
     when it fails). Returns the summary (see :func:`~.scoring.summary_dict`). ``log`` receives per-utterance
-    HYPO/REF lines unless ``cfg.quiet``."""
+    HYPO/REF lines unless ``cfg.quiet``; ``backend`` reads the model (``cfg.backend`` names it in the summary)."""
     check_options(cfg)  # fail before loading anything
     t0 = time.perf_counter()
-    manifest, entries, loaded = load_inputs(cfg)
+    manifest, entries, loaded = load_inputs(cfg, backend)
     post = cfg.post_process or loaded.default_post_process
     dictionary = loaded.task.target_dictionary
     decoder = KenLMBeamDecoder(dictionary, cfg.beam) if cfg.beam is not None else ViterbiDecoder(dictionary)

@@ -1,7 +1,7 @@
 """The result files of decoding: fairseq infer.py's ``hypo.word``, ``hypo.units``, ``ref.word`` and ``ref.units``
 (one line per utterance in batch order, the text followed by `` (None-<id>)``), and ``summary.json``.
 
-They are written through :func:`~fairseq_prune.checkpoints.atomic_outputs`, the project's one way to write outputs
+They are written through :func:`~fairseq_prune.io.checkpoints.atomic_outputs`, the project's one way to write outputs
 atomically: all appear together when decoding has finished, none (and no temporary file) when it fails.
 """
 import contextlib
@@ -14,8 +14,8 @@ import torch
 from fairseq import utils
 from fairseq.data.data_utils import post_process
 
-from ..checkpoints import atomic_outputs
-from ..decoding import Hypothesis
+from ..io.checkpoints import atomic_outputs
+from .decoding import Hypothesis
 
 #: the four files fairseq's infer.py writes, in the order it opens them
 RESULT_FILES = ("hypo.word", "hypo.units", "ref.word", "ref.units")

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import editdistance
 
-from ..intent import intent_counts, strip_intent
+from ..text import intent_counts, strip_intent
 from .config import InferenceConfig
 from .loading import LoadedModel
 

@@ -11,11 +11,11 @@ from fairseq.models.wav2vec.wav2vec2_asr import Linear, Wav2Vec2CtcConfig, Wav2V
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from ..checkpoints import CheckpointError, load_w2v_source
+from ..io.checkpoints import CheckpointError, load_w2v_source
 from ..cost import Wav2Vec2Shape
-from ..errors import ConfigError, one_line_errors
-from ..layer_sizes import LayerSizes
-from ..modules.hard_concrete import GATE_DEFAULTS, GateSettings, is_gate_key
+from ..io.errors import ConfigError, one_line_errors
+from ..layer_sizes import LayerSizes, is_gate_key
+from ..modules.hard_concrete import GATE_DEFAULTS, GateSettings
 from ..modules.wav2vec2 import PRUNE_FLAGS, PrunableWav2Vec2Model, PruningPlan
 
 logger = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ class Wav2Vec2CtcPruning(Wav2VecCtc):
     def from_w2v_args(cls, w2v_args, vocab_size: int, **fields) -> "Wav2Vec2CtcPruning":
         """Build (randomly initialised, no checkpoint or data folder needed) from a wav2vec2 pre-training
         config, e.g. :func:`experiments.checkpoints.wav2vec2_pretraining_cfg` (or a HuBERT one mapped by
-        :func:`fairseq_prune.hubert.hubert_as_wav2vec2`); ``fields`` set
+        :func:`fairseq_prune.modules.hubert.hubert_as_wav2vec2`); ``fields`` set
         :class:`Wav2Vec2CtcPruningConfig` fields (gates, per-layer sizes, ...). For benchmarks and tools."""
         from fairseq.dataclass.configs import FairseqConfig
         from omegaconf import OmegaConf

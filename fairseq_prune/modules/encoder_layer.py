@@ -10,7 +10,7 @@ from fairseq.modules import LayerNorm
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from torch import nn
 
-from ..errors import ConfigError
+from ..io.errors import ConfigError
 from .attention import OutputBias, PrunableSelfAttention
 from .hard_concrete import HardConcrete, combine
 from .kept_units import Selection, kept_units

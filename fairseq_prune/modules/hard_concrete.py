@@ -17,18 +17,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..io.errors import ConfigError
 
 #: Name of the fairseq ``optimizer: composite`` parameter group that gate and Lagrangian parameters join.
 PRUNING_PARAM_GROUP = "pruning"
 #: ... and the group of the Lagrange multipliers of the sparsity constraint (see criterions/ctc_pruning.py).
 LAGRANGIAN_PARAM_GROUP = "lagrangian"
-
-
-def is_gate_key(key: str) -> bool:
-    """Whether a state-dict key is a gate's parameter (``...log_alpha``): what export drops and what a dense
-    checkpoint does not have."""
-    return key.endswith("log_alpha")
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ from omegaconf import open_dict
 from torch import nn
 
 from ..cost import Wav2Vec2Shape
-from ..errors import ConfigError
-from ..hubert import HUBERT, family, hubert_frame_lengths
-from ..layer_sizes import LayerSizes, parse_conv_layers
+from ..io.errors import ConfigError
+from .hubert import HUBERT, family, hubert_frame_lengths
+from ..layer_sizes import LayerSizes, is_gate_key, parse_conv_layers
 from .conv_feature_extractor import GatedConvFeatureExtractor, GatedFeatureLayerNorm
 from .encoder_layer import PrunableEncoderLayer, PrunableTransformerEncoder
-from .hard_concrete import GATE_DEFAULTS, GateSettings, HardConcrete, is_gate_key
+from .hard_concrete import GATE_DEFAULTS, GateSettings, HardConcrete
 
 #: gate groups, in the order used for logging and reports
 GATE_GROUPS = ("conv_channels", "attention_heads", "attention_layers", "ffn_units", "ffn_layers")
@@ -59,8 +59,8 @@ class PrunableWav2Vec2Model(Wav2Vec2Model):
     State-dict keys of fairseq's modules are unchanged; gates add ``*.log_alpha`` keys only. The pre-training
     heads (quantizer, ``project_q``, ``final_proj``) are removed.
 
-    ``cfg`` is a ``Wav2Vec2Config``; its ``_name`` is the model family (:func:`fairseq_prune.hubert.family`):
-    ``hubert`` (a HuBERT checkpoint mapped by :func:`fairseq_prune.hubert.hubert_as_wav2vec2`) computes the frame
+    ``cfg`` is a ``Wav2Vec2Config``; its ``_name`` is the model family (:func:`fairseq_prune.modules.hubert.family`):
+    ``hubert`` (a HuBERT checkpoint mapped by :func:`fairseq_prune.modules.hubert.hubert_as_wav2vec2`) computes the frame
     padding mask by HuBERT's rule, which is all that differs from wav2vec2 on the fine-tuning path.
     """
 
@@ -124,7 +124,7 @@ class PrunableWav2Vec2Model(Wav2Vec2Model):
 
     def _get_feat_extract_output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
         """Unpadded frames per utterance, from which fairseq's forward builds the frame padding mask: wav2vec2's
-        conv formula, or for the ``hubert`` family HuBERT's rule (:func:`~fairseq_prune.hubert.hubert_frame_lengths`
+        conv formula, or for the ``hubert`` family HuBERT's rule (:func:`~fairseq_prune.modules.hubert.hubert_frame_lengths`
         at the padded length of the batch in ``forward``). ``input_lengths`` ``(B,)`` samples -> ``(B,)`` frames."""
         if self.family != HUBERT:
             return super()._get_feat_extract_output_lengths(input_lengths)

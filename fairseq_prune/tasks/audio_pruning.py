@@ -4,7 +4,7 @@ training steps.
 Same data config and manifests (``{split}.tsv`` + ``{split}.{labels}`` + ``dict.{labels}.txt``). Validation runs
 the model in eval mode, i.e. with the gates' deterministic masks, so the validation numbers are those of the
 model that export will write. When the references start with an intent token (SLURP manifests, see
-:mod:`fairseq_prune.intent`), validation also reports ``intent_acc``: the share of utterances whose greedy CTC
+:mod:`fairseq_prune.text`), validation also reports ``intent_acc``: the share of utterances whose greedy CTC
 hypothesis starts with the reference intent.
 
 Training steps draw wav2vec2's time/channel masks and layerdrop from NumPy's global generator, which fairseq
@@ -30,9 +30,8 @@ from fairseq.data import data_utils
 from fairseq.logging.meters import safe_round
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
-from ..decoding import greedy_units, target_words, units_to_words
-from ..errors import one_line_errors
-from ..intent import intent_counts
+from ..io.errors import one_line_errors
+from ..text import greedy_units, intent_counts, target_words, units_to_words
 from ..layer_sizes import LayerSizes
 from ..models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning
 

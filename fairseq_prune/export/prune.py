@@ -1,10 +1,10 @@
 """Turn a gated ``wav2vec2_ctc_pruning`` model into a physically smaller one: the driver of ``fairseq-prune-export``.
 
 Every gated module knows which of its units are kept (those whose eval-mode gate is non-zero) and folds its gate
-values into a smaller copy of itself (``pruned``): conv layers (:class:`~.modules.conv_feature_extractor.
-GatedConvFeatureExtractor`), the feature LayerNorm, attention heads (:class:`~.modules.attention.
-PrunableSelfAttention`), FFN units and whole blocks (:class:`~.modules.encoder_layer.PrunableEncoderLayer`), and the
-model (:meth:`~.models.wav2vec2_ctc_pruning.Wav2Vec2CtcPruning.pruned`). The exported model computes what the gated
+values into a smaller copy of itself (``pruned``): conv layers (:class:`~fairseq_prune.modules.conv_feature_extractor.
+GatedConvFeatureExtractor`), the feature LayerNorm, attention heads (:class:`~fairseq_prune.modules.attention.
+PrunableSelfAttention`), FFN units and whole blocks (:class:`~fairseq_prune.modules.encoder_layer.PrunableEncoderLayer`), and the
+model (:meth:`~fairseq_prune.models.wav2vec2_ctc_pruning.Wav2Vec2CtcPruning.pruned`). The exported model computes what the gated
 model computes in eval mode.
 
 With ``round_to`` (for hardware-friendly sizes) a structure keeps extra units, the ones with the largest
@@ -14,28 +14,27 @@ one always) are not rounded, since extra channels would change the normalisation
 
 The result is the same model class built from config lists (``conv_channels``, ``attention_heads``,
 ``ffn_units``) with every ``prune_*`` flag off, loaded with strict key matching. The report (summary, table,
-plot) is :mod:`fairseq_prune.export_report`.
+plot) is :mod:`fairseq_prune.export.report`.
 """
 import copy
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 from fairseq.dataclass.utils import merge_with_parent
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .checkpoints import CheckpointError, model_name, read_checkpoint
-from .cost import REFERENCE_SAMPLES, Cost, cost_breakdown
-from .export_report import summarize
-from .layer_sizes import LayerSizes
-from .models.wav2vec2_ctc_pruning import (
+from ..cost import REFERENCE_SAMPLES, cost_breakdown
+from ..io.checkpoints import CheckpointError, model_name, read_checkpoint
+from ..layer_sizes import is_gate_key
+from ..models.wav2vec2_ctc_pruning import (
     PrunableWav2VecEncoder,
     Wav2Vec2CtcPruning,
     Wav2Vec2CtcPruningConfig,
     compact_cfg,
 )
-from .modules.hard_concrete import is_gate_key
+from .report import summarize
+from .result import ExportResult
 
 logger = logging.getLogger(__name__)
 def build_from_cfg(model_cfg: DictConfig, vocab_size: int) -> Wav2Vec2CtcPruning:
@@ -71,24 +70,6 @@ def load_gated(path: str) -> Tuple[Dict, Wav2Vec2CtcPruning]:
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not match the model its config describes: {e}") from e
     return state, model.eval()
-
-
-@dataclass
-class ExportResult:
-    """The compact model, its config (``cfg.model``), and what the report needs: the per-layer sizes and costs
-    (per component, at :data:`~.cost.REFERENCE_SAMPLES`) before and after, and with ``round_to > 1`` the cost of
-    the same export without rounding."""
-
-    model: Wav2Vec2CtcPruning
-    model_cfg: DictConfig
-    family: str
-    round_to: int
-    sizes_before: LayerSizes
-    sizes_after: LayerSizes
-    before: Dict[str, Cost] = field(default_factory=dict)
-    after: Dict[str, Cost] = field(default_factory=dict)
-    unrounded: Optional[Dict[str, Cost]] = None
-    summary: Dict = field(default_factory=dict)
 
 
 def prune(model: Wav2Vec2CtcPruning, model_cfg: DictConfig, round_to: int = 1) -> ExportResult:

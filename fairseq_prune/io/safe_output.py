@@ -3,7 +3,7 @@
 * :func:`check_output` / :func:`check_output_folder`: refuse, before any work, an output that cannot be written
   (a folder given as a file, a file given as a folder, a device, a folder where no file can be created);
 * :func:`new_temp_file`: the temporary files outputs are written to before they are renamed
-  (:func:`fairseq_prune.checkpoints.atomic_outputs`) are named ``.tmp-<pid>@<host>-<8 random characters><suffix>``
+  (:func:`fairseq_prune.io.checkpoints.atomic_outputs`) are named ``.tmp-<pid>@<host>-<8 random characters><suffix>``
   in the output's folder, so that a later run can tell which process made them;
 * :func:`sweep_stale`: removes the temporary files of that exact form that a process of this host left when it was
   killed (``kill -9``, the OOM killer): those whose process no longer runs;
@@ -19,12 +19,14 @@ import tempfile
 import threading
 from typing import Iterator, List, Optional
 
+from .errors import PluginError
+
 logger = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".tmp-"
 
 
-class OutputError(ValueError):
+class OutputError(PluginError):
     """An output that cannot be written (the message names it)."""
 
 

@@ -4,16 +4,15 @@ import contextlib
 import os
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from fairseq import checkpoint_utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import DictConfig, open_dict
 
+from ..layer_sizes import LayerSizes, is_gate_key
 from .errors import CheckpointError, load_error_line
-from .layer_sizes import LayerSizes
-from .modules.hard_concrete import is_gate_key
 from .safe_output import new_temp_file
 
 #: fairseq model names whose checkpoints ``model.w2v_path`` accepts: pre-training checkpoints of wav2vec2 and HuBERT,
@@ -25,6 +24,17 @@ SUPPORTED_KINDS = "wav2vec2, wav2vec_ctc, hubert, hubert_ctc, or a wav2vec2_ctc_
 #: the per-layer size fields of an exported model's ``cfg.model`` (and keys of its ``pruning_summary``)
 PER_LAYER_SIZES = LayerSizes.names()
 _FINETUNED_PREFIX = "w2v_encoder.w2v_model."
+#: (path, w2v_args, arg_overrides, weights) -> the same model as a wav2vec2 config and wav2vec2 weights
+FamilyAdapter = Callable[[str, DictConfig, Optional[Dict[str, Any]], Dict[str, torch.Tensor]],
+                         Tuple[DictConfig, Dict[str, torch.Tensor]]]
+#: model families other than wav2vec2 and how their checkpoints read as wav2vec2's: registered by the family's
+#: module (:mod:`fairseq_prune.modules.hubert`), so that reading checkpoints knows no model family
+FAMILY_ADAPTERS: Dict[str, FamilyAdapter] = {}
+
+
+def register_family(name: str, adapter: FamilyAdapter) -> None:
+    """Let ``model.w2v_path`` read pre-training checkpoints whose ``model._name`` is ``name`` through ``adapter``."""
+    FAMILY_ADAPTERS[name] = adapter
 _PROJ_PREFIX = "w2v_encoder.proj."
 
 
@@ -98,9 +108,7 @@ def load_w2v_source(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -
     """Read a wav2vec2 or HuBERT pre-training checkpoint (``cfg`` or old ``args`` style) or a fine-tuned CTC
     checkpoint (``wav2vec_ctc``, ``hubert_ctc``, a gate-free ``wav2vec2_ctc_pruning``). ``arg_overrides`` (dropouts,
     masking, ...) are applied as fairseq's ``Wav2VecEncoder`` does. A HuBERT model comes out as a wav2vec2 source
-    whose ``w2v_args.model._name`` is ``hubert`` (see :mod:`fairseq_prune.hubert`)."""
-    from .hubert import HUBERT, hubert_as_wav2vec2, wav2vec2_weights
-
+    whose ``w2v_args.model._name`` is ``hubert`` (see :mod:`fairseq_prune.modules.hubert`)."""
     state = read_checkpoint(path, arg_overrides)
     name = model_name(state)
     sizes = None
@@ -131,8 +139,10 @@ def load_w2v_source(path: str, arg_overrides: Optional[Dict[str, Any]] = None) -
         raise CheckpointError(
             f"{path}: its pre-training config describes model {inner!r}; supported: {', '.join(PRETRAINED_KINDS)}"
         )
-    if inner == HUBERT:
-        w2v_args, model_state = hubert_as_wav2vec2(path, w2v_args, arg_overrides), wav2vec2_weights(model_state)
+    if inner != "wav2vec2":
+        if inner not in FAMILY_ADAPTERS:  # the package registers every family of PRETRAINED_KINDS on import
+            raise CheckpointError(f"{path}: no adapter registered for model family {inner!r}")
+        w2v_args, model_state = FAMILY_ADAPTERS[inner](path, w2v_args, arg_overrides, model_state)
     with open_dict(w2v_args):
         w2v_args.criterion = None
         w2v_args.lr_scheduler = None
@@ -163,7 +173,7 @@ def new_file_mode() -> int:
 @contextlib.contextmanager
 def atomic_outputs(paths: Sequence[str], suffixes: Optional[Sequence[str]] = None) -> Iterator[List[str]]:
     """Yields one temporary path per output, in the output's folder (made if missing; named by
-    :func:`~fairseq_prune.safe_output.new_temp_file`, ending in ``suffixes`` or the output's extension), to write
+    :func:`~fairseq_prune.io.safe_output.new_temp_file`, ending in ``suffixes`` or the output's extension), to write
     to. When the block succeeds every file gets the permissions ``open()`` would give and is renamed to its
     output; when it fails every temporary file is removed, and when a rename fails the outputs already renamed
     are removed too: a reader never sees a half-written file, and the outputs appear together or not at all."""

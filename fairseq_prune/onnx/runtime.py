@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .onnx_metadata import OnnxMetadata, OnnxModelError, read_metadata
+from .metadata import OnnxMetadata, OnnxModelError, read_metadata
 
 
 def import_onnxruntime():
@@ -85,7 +85,7 @@ class OnnxCtcModel:
         together as one zero-padded batch; uses nothing but the ONNX file."""
         from fairseq.data.data_utils import post_process
 
-        from .decoding import greedy_units
+        from ..text import greedy_units
 
         source, padding_mask = self.batch(waveforms)
         scores, lengths = self.emissions(source, padding_mask)
@@ -138,7 +138,7 @@ def decoding_task_cfg(task: Dict[str, Any], data: str, labels: str):
     fields that only shape training batches reset: :func:`fairseq_prune.inference.loading.set_decoding_task`)."""
     from omegaconf import OmegaConf
 
-    from .inference.loading import set_decoding_task
+    from ..inference.loading import set_decoding_task
 
     cfg = OmegaConf.create(task)
     set_decoding_task(cfg, data, labels)
@@ -152,8 +152,8 @@ def read_onnx_model(cfg) -> Tuple[Any, List[Any], Any]:
     from fairseq import tasks
     from omegaconf import OmegaConf
 
-    from .decode_inputs import InferenceError, check_audio, check_dictionary, check_manifest
-    from .inference.loading import LoadedModel
+    from ..inference.inputs import InferenceError, check_audio, check_dictionary, check_manifest
+    from ..inference.loading import LoadedModel
 
     try:
         model = OnnxCtcModel(cfg.path)

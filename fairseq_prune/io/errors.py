@@ -1,7 +1,7 @@
 """The plugin's refusals, and how ``fairseq-hydra-train`` reports them: one line.
 
 Settings and files the plugin refuses raise a :class:`PluginError` (a ``ValueError``): :class:`ConfigError` for a
-``model.`` / ``criterion.`` field, :class:`CheckpointError` (also importable from ``fairseq_prune.checkpoints``) for
+``model.`` / ``criterion.`` field, :class:`CheckpointError` (also importable from ``fairseq_prune.io.checkpoints``) for
 a checkpoint file. The message names the field or file and says what to do.
 
 Left alone, hydra prints such an error as a 30-60 line traceback followed by the message and a hint about

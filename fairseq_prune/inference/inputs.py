@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from fairseq.data import BaseWrapperDataset
 
+from ..io.errors import PluginError
+
 logger = logging.getLogger(__name__)
 
 #: a multi-channel file whose mix-down lies this much (dB) below its channels' level is named in a warning
@@ -29,7 +31,7 @@ MIXDOWN_WARNING_DB = 20.0
 _READ_ERROR = "audio_read_error"
 
 
-class InferenceError(ValueError):
+class InferenceError(PluginError):
     """Bad input to decoding (missing or inconsistent files, wrong kind of checkpoint, missing optional
     package). The message names the file or option at fault."""
 

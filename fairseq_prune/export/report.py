@@ -4,12 +4,10 @@
 The summary's per-layer keys are the :class:`~fairseq_prune.layer_sizes.LayerSizes` field names
 (``conv_channels``, ``attention_heads``, ``ffn_units``), before and after export, with the costs of each.
 """
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import Dict, Optional
 
-from .cost import REFERENCE_SAMPLES, Cost, group_breakdown, totals
-
-if TYPE_CHECKING:
-    from .export import ExportResult
+from ..cost import REFERENCE_SAMPLES, Cost, group_breakdown, totals
+from .result import ExportResult
 
 
 def _costs(parts: Dict[str, Cost]) -> Dict:
@@ -23,7 +21,7 @@ def _costs(parts: Dict[str, Cost]) -> Dict:
     }
 
 
-def summarize(result: "ExportResult") -> Dict:
+def summarize(result: ExportResult) -> Dict:
     """The pruning summary: model family, reference input length, ``round_to``, the per-layer sizes and costs
     (total, CNN, per group) ``before`` and ``after``, and with rounding the MACs without it (``unrounded_macs``)."""
     out = {
@@ -47,7 +45,7 @@ def format_cost(c: Cost) -> str:
     return f"{float(c.params) / 1e6:8.3f}M {float(c.macs) / 1e9:8.3f}G"
 
 
-def format_table(result: "ExportResult") -> str:
+def format_table(result: ExportResult) -> str:
     """Per-layer sizes and costs (params, GMACs at 10 s) before -> after, per component and in total."""
     s = result.summary
     b, a = s["before"], s["after"]

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
 from torch import nn
 
+from ..io.errors import PluginError
+
 #: onnxruntime must reproduce PyTorch within this (max abs over finite outputs) or nothing is written
 CHECK_TOLERANCE = 1e-4
 #: ONNX opset (LayerNormalization is an op from 17 on)
@@ -42,7 +44,7 @@ OPSET = 17
 CHECK_BATCHES: Tuple[Tuple[int, ...], ...] = ((16000,), (23457,), (8000, 8000), (20000, 13001, 6001))
 
 
-class OnnxExportError(ValueError):
+class OnnxExportError(PluginError):
     """A model that cannot be exported, or an ONNX model that does not reproduce PyTorch's outputs."""
 
 
@@ -55,7 +57,7 @@ def frame_padding(padding_mask: torch.Tensor, frames: torch.Tensor, convs: Seque
         frames: ``(B, T, ...)``, any tensor with the CNN's frames on dim 1 (only its shape is used).
         convs: ``(kernel, stride)`` per conv layer.
         hubert: HuBERT's rule for the unpadded frames (``ceil(n / (S // T))``, at most ``T``; see
-            :func:`fairseq_prune.hubert.hubert_frame_lengths`) instead of wav2vec2's conv formula.
+            :func:`fairseq_prune.modules.hubert.hubert_frame_lengths`) instead of wav2vec2's conv formula.
     Returns:
         ``(B, T)`` bool, True at padded frames.
     """
@@ -303,7 +305,7 @@ def check_onnx(path: str, model: nn.Module, spec: OnnxSpec, batches: Sequence[Tu
     """Run the ONNX model at ``path`` with onnxruntime and ``model`` with PyTorch on random audio batches of the
     given lengths (zero-padded, with their padding mask; batches of unequal lengths only when the graph takes a
     padding mask); :class:`OnnxExportError` unless outputs agree within ``tolerance`` and lengths are equal."""
-    from .onnx_runtime import ort_session
+    from .runtime import ort_session
 
     try:
         session = ort_session(path, threads=0)

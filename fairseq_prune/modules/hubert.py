@@ -28,7 +28,8 @@ from typing import Any, Dict, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .errors import CheckpointError
+from ..io.checkpoints import register_family, save_atomic
+from ..io.errors import CheckpointError
 
 WAV2VEC2 = "wav2vec2"
 HUBERT = "hubert"
@@ -141,8 +142,6 @@ def write_hubert_checkpoint(path: str, model_overrides: Optional[Dict[str, Any]]
     from fairseq.data import Dictionary
     from fairseq.models.hubert.hubert import HubertModel
 
-    from .checkpoints import save_atomic
-
     cfg = hubert_pretraining_cfg(model_overrides, normalize)
     units = Dictionary()
     for i in range(num_units):
@@ -167,3 +166,7 @@ def write_hubert_checkpoint(path: str, model_overrides: Optional[Dict[str, Any]]
     else:
         state["cfg"] = plain
     save_atomic(state, path, force=True)
+
+
+register_family(HUBERT, lambda path, w2v_args, overrides, weights: (hubert_as_wav2vec2(path, w2v_args, overrides),
+                                                                      wav2vec2_weights(weights)))

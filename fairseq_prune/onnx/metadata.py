@@ -26,14 +26,14 @@ from typing import Any, Dict, List, Mapping
 
 from fairseq.data import Dictionary
 
-from .decoding import blank_index, silence_index
-from .intent import is_intent
+from ..io.errors import PluginError
+from ..text import blank_index, is_intent, silence_index
 
 FORMAT_KEY = "fairseq_prune.format"
 FORMAT_VERSION = "1"
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(PluginError):
     """A file that is not a model written by fairseq-prune-onnx, or inconsistent inputs to one (names the file)."""
 
 
