@@ -7,7 +7,7 @@ from .common import PRETRAINED_MODEL, START_MODEL
 PROTOCOLS = {
     # the start model is the self-supervised mini wav2vec2 fine-tuned with CTC on both corpora
     # (scripts/make_start_model.py): the dense baseline and HJ-Pruning-MAC (two targets) both continue from it
-    # for the same updates; no distillation (README, "Why the bars are not met": it did not help on two seeds)
+    # for the same updates; no distillation (docs/diagnosis.md: it did not help on two seeds)
     "finetuned": dict(start=START_MODEL, prune_from="start", updates=400, lr=0.0002, target=[0.58, 0.78],
                       warmup=200, finetune_updates=0, seeds=[1, 2], distill=0.0),
     "paper": dict(start=PRETRAINED_MODEL, prune_from="start", updates=1500, lr=0.0005, target=[0.55],
@@ -36,8 +36,8 @@ def add_pruning_args(p) -> None:
     p.add_argument("--warmup", type=int, help="target warm-up updates of the pruning runs (default: the "
                                               "protocol's; without one, the recipe's)")
     p.add_argument("--lagrangian-lr", type=float, default=None,
-                   help="learning rate of lambda_1 (dual ascent; default: the mini recipe's, 20); see README, "
-                   "'Tuning the Lagrangian'")
+                   help="learning rate of lambda_1 (dual ascent; default: the mini recipe's, 20); see "
+                   "docs/lagrangian.md")
     p.add_argument("--lambda-2-init", type=float, default=None,
                    help="lambda_2 at the first update, a quadratic penalty that damps lambda_1's wind-up (default: "
                    "the mini recipe's, 1000)")

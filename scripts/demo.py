@@ -11,7 +11,7 @@ pruning each seed's dense baseline (--prune-from dense), distilling from the sta
 scripts/make_pretrained_model.py with fairseq's own audio_pretraining task, wav2vec2 model and wav2vec criterion on
 an unlabeled corpus); on each corpus and for each seed, fine-tune the dense baseline and, from the same pre-trained
 model for the same number of updates, prune while fine-tuning with HJ-Pruning-MAC. Far longer than 20 minutes on
-2 CPU cores at the updates it needs (see README, "The paper's protocol").
+2 CPU cores at the updates it needs (see docs/protocols.md).
 
 Either way: synthesise the mini LibriSpeech and mini SLURP corpora with espeak-ng and write their manifests with
 manifests/librispeech.py and manifests/slurp.py (the code a user runs on the real corpora); train with

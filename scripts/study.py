@@ -37,7 +37,7 @@ RUNS = [
     ("CNN-only 0.97", "cnn_only", ["criterion.target=0.97"]),
     ("CNN-only 0.95", "cnn_only", ["criterion.target=0.95"]),
     ("CNN-only MAC 0.8", "cnn_only", ["criterion.budget=macs", "criterion.target=0.8"]),  # a size budget barely
-    # moves the CNN's gates (its channels hold few parameters): see README, "The study"
+    # moves the CNN's gates (its channels hold few parameters): see docs/study-former-start-model.md
     ("Transformer-only 0.7", "transformer_only", ["criterion.target=0.7"]),
     ("Transformer-only 0.5", "transformer_only", ["criterion.target=0.5"]),
 ]

@@ -29,7 +29,7 @@ from fairseq_prune.cli import export as export_cli
 from fairseq_prune.cli.infer import cli_main as infer_main
 from fairseq_prune.inference.inputs import mixdown_loss_db
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
-from helpers import REPO, copy_manifest, start, write_noise_corpus
+from helpers import copy_manifest, start, write_noise_corpus
 from infer_fixtures import read_summary, write_ctc_checkpoint, write_plain_ctc_checkpoint
 
 GATES = dict(prune_conv_channels=True, prune_attention_heads=True, prune_ffn_units=True)
