@@ -4,7 +4,13 @@ leaving them running, orphaned, on both cores.
 
 :func:`stopping_children` is the main program's guard: while it is active, SIGTERM raises :class:`Stopped`
 in the main thread; on the way out every group still registered gets SIGTERM, then SIGKILL after a grace
-period, and the program says what it stopped. :func:`popen` starts a registered child."""
+period, and the program says what it stopped. :func:`popen` starts a registered child.
+
+Python runs a signal handler in the main thread, and only once that thread is between bytecodes. The kernel may
+deliver SIGTERM to any thread; if it lands on a worker while the main thread sleeps in an untimed wait (a future's
+``result()``, ``concurrent.futures.wait``), the handler never runs and the program ignores the signal (seen with
+``nohup``: the study went on). So the main thread waits on its runs in slices of :data:`POLL_SECONDS`
+(:func:`in_threads`, :func:`first_done`)."""
 import contextlib
 import os
 import signal
@@ -12,12 +18,17 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, Iterator, List
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable, Dict, Iterable, Iterator, List, Set, TypeVar
 
 _children: Dict[int, List[str]] = {}  # pid (= process group id) -> command
 _lock = threading.Lock()
 #: seconds a stopped group has to exit after SIGTERM before it gets SIGKILL
 GRACE_SECONDS = 10.0
+#: the longest the main thread sleeps while it waits on runs (so that a signal handler runs within this)
+POLL_SECONDS = 0.5
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Stopped(BaseException):
@@ -131,3 +142,22 @@ def stopping_children(program: str) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def first_done(futures: Iterable[Future]) -> Set[Future]:
+    """``concurrent.futures.wait(futures, FIRST_COMPLETED)``, waiting in slices (see the module's note)."""
+    futures = list(futures)
+    while True:
+        done, _ = wait(futures, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+        if done:
+            return done
+
+
+def in_threads(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T]) -> List[R]:
+    """``list(pool.map(fn, items))``, waiting in slices (see the module's note); the first error is raised."""
+    futures = [pool.submit(fn, item) for item in items]
+    pending = set(futures)
+    while pending:
+        pending -= first_done(pending)
+    return [f.result() for f in futures]
+

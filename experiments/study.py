@@ -227,7 +227,9 @@ def run_study(study: Study, jobs: int = 2, only: Optional[List[str]] = None,
               start_within: Optional[float] = None) -> List[Dict]:
     """Run the pending rows, ``jobs`` at a time, each as soon as what it needs is done; no new row starts after
     ``start_within`` minutes (so that a session's last runs can finish). Returns the rows finished here."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .processes import first_done
 
     t0, finished, running, failed = time.time(), [], {}, set()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -246,7 +248,7 @@ def run_study(study: Study, jobs: int = 2, only: Optional[List[str]] = None,
                 running[resolved.name] = pool.submit(study.run, resolved)
             if not running:
                 break
-            done, _ = wait(running.values(), return_when=FIRST_COMPLETED)
+            done = first_done(running.values())
             for name, future in list(running.items()):
                 if future in done:
                     del running[name]

@@ -37,7 +37,7 @@ from typing import Dict, List
 from experiments.checkpoints import is_finetuned, random_init_model
 from experiments.common import REPO, log
 from experiments.corpora import SUBSETS, match_start_dictionary, prepare_corpora
-from experiments.processes import stopping_children
+from experiments.processes import in_threads, stopping_children
 from experiments.protocols import PROTOCOLS, add_pruning_args, presets, pruning_overrides, resolve_protocol
 from experiments.report import demo_table, plot_accuracy_vs_gmacs, summarise_seeds
 from experiments.runner import run_method
@@ -122,14 +122,15 @@ def runs(args, manifests: Dict[str, str], threads: int) -> List[Dict]:
                 first.append((corpus, seed, "dense", RANDOM, args.updates, random_init_model(args.start, args.work),
                               []))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(run, first))
+        rows = in_threads(pool, run, first)
         if needs_dense:
             dense = [r for r in rows if r["method"] == "dense"]
-            rows += pool.map(run, [job for r in dense for job in prune(r["corpus"], r["seed"], r["checkpoint"])])
+            rows += in_threads(pool, run,
+                               [job for r in dense for job in prune(r["corpus"], r["seed"], r["checkpoint"])])
         if args.finetune_updates:  # the compact model without gates: cheaper updates, may recover accuracy
             pruned = [r for r in rows if r["recipe"] == "hj_macs"]
-            rows += pool.map(run, [(r["corpus"], r["seed"], "dense", r["method"] + TUNED, args.finetune_updates,
-                                    r["checkpoint"], []) for r in pruned])
+            rows += in_threads(pool, run, [(r["corpus"], r["seed"], "dense", r["method"] + TUNED,
+                                            args.finetune_updates, r["checkpoint"], []) for r in pruned])
     return rows
 
 

@@ -19,7 +19,7 @@ from typing import Dict, List
 
 from experiments.common import REPO, log
 from experiments.corpora import SUBSETS, match_start_dictionary, prepare_corpora
-from experiments.processes import stopping_children
+from experiments.processes import in_threads, stopping_children
 from experiments.protocols import PROTOCOLS, add_pruning_args, presets, pruning_overrides, resolve_protocol
 from experiments.report import plot_accuracy_vs_gmacs, study_table
 from experiments.runner import run_method
@@ -129,9 +129,9 @@ def main(args: argparse.Namespace) -> List[Dict]:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         # the dense baselines first (with --prune-from dense, the pruning runs prune them)
-        rows = list(pool.map(one, [(*job, args.start) for job in jobs if job[1] == "dense"]))
+        rows = in_threads(pool, one, [(*job, args.start) for job in jobs if job[1] == "dense"])
         pruning = [(*job, prune_start(job[0], rows)) for job in jobs if job[1] != "dense"]
-        rows += list(pool.map(one, pruning))
+        rows += in_threads(pool, one, pruning)
     minutes = round((time.time() - t0) / 60, 1)
     md = study_table(rows)
     print("\n" + md + f"\n\n(total {minutes} min)")

@@ -25,6 +25,33 @@ with stopping_children("probe"):
 """
 
 
+# the same, but SIGTERM reaches a worker thread, never the main one (blocked there once the workers are started):
+# the kernel may deliver a process's signal to any thread, and an untimed wait in the main thread never runs the
+# handler then (the study under nohup ignored SIGTERM this way)
+_PROBE_WORKER_GETS_IT = """
+import signal, sys, threading
+from concurrent.futures import ThreadPoolExecutor
+from experiments.common import run
+from experiments.processes import first_done, stopping_children
+marker = sys.argv[1]
+workers_ready = threading.Barrier(3)
+def job(i):
+    workers_ready.wait()
+    run(["sh", "-c", f"sleep {marker} & sleep {marker}; true"])
+def block_sigterm_here(_):
+    workers_ready.wait()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+with stopping_children("probe"):
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(job, i) for i in range(2)]
+        block_sigterm_here(None)
+        print("started", flush=True)
+        pending = set(futures)
+        while pending:  # as run_study waits
+            pending -= first_done(pending)
+"""
+
+
 def _alive(marker: str) -> list:
     out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
     return [pid for pid in out if int(pid) != os.getpid()]
@@ -53,6 +80,26 @@ def test_a_stopped_program_stops_its_children_and_grandchildren(signum):
     lines = err.strip().splitlines()
     assert lines[-1].startswith(f"probe: stopped by {signal.Signals(signum).name}; 2 child process group(s)"), err
     assert sum(line.startswith("probe: stopped sh -c") for line in lines) == 2
+
+
+def test_sigterm_delivered_to_a_worker_thread_still_stops_the_program():
+    tag = f"600.{uuid.uuid4().int % 10**9:09d}"
+    p = subprocess.Popen([sys.executable, "-c", _PROBE_WORKER_GETS_IT, tag], cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    _wait_for(tag, 6)
+    p.send_signal(signal.SIGTERM)
+    try:
+        _, err = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        subprocess.run(["pkill", "-f", tag])
+        pytest.fail("SIGTERM was ignored: the main thread never ran the handler")
+    assert p.returncode == 143, err
+    assert "probe: stopped by SIGTERM; 2 child process group(s)" in err
+    deadline = time.monotonic() + 10
+    while _alive(tag) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _alive(tag) == []
 
 
 @pytest.mark.slow
