@@ -104,6 +104,17 @@ def build(model_dc, data: str, task: str = "audio_finetuning"):
     return task, task.build_model(cfg.model)
 
 
+def build_gated(w2v_path: str, data: str, normalize: bool = False, **fields):
+    """wav2vec2_ctc_pruning on ``w2v_path`` (any family), built by the task as fairseq-hydra-train builds it, on the
+    manifest folder ``data``; ``normalize``: the task's audio normalisation (HuBERT-large style)."""
+    from fairseq import tasks
+    from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
+
+    cfg = root_cfg(Wav2Vec2CtcPruningConfig(w2v_path=w2v_path, feature_grad_mult=1.0, **fields), data)
+    cfg.task.normalize = normalize
+    return tasks.setup_task(cfg.task).build_model(cfg.model)
+
+
 def padded_batch(lengths: List[int], seed: int = 0):
     """Random audio ``(B, max)`` with zero padding and its padding mask (True at padding)."""
     g = torch.Generator().manual_seed(seed)

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from helpers import SMALL_W2V, save_finetuned
+from helpers import SMALL_W2V, padded_batch, save_finetuned
 
 #: a 2-layer HuBERT small enough for unit tests: the unit tests' wav2vec2 shape, HuBERT's projection heads
 SMALL_HUBERT = dict(SMALL_W2V, final_dim=16, untie_final_proj=True)
@@ -65,3 +65,22 @@ def encoder_outputs(model, x: torch.Tensor, pad: Optional[torch.Tensor]):
     with torch.no_grad():
         out = model(source=x, padding_mask=pad)
     return out["encoder_out"], out["padding_mask"]
+
+
+def assert_same_hubert_outputs(ref, ours, lengths, tol=1e-5):
+    """Same encoder output on every frame (padded ones included), same frame padding mask; and the CTC logits of
+    the unpadded frames are fairseq's (our padded frames are set to blank as ``wav2vec_ctc`` sets them).
+    Returns the frame padding mask."""
+    x, pad = padded_batch(lengths)
+    a, pa = encoder_outputs(ref, x, pad)
+    b, pb = encoder_outputs(ours, x, pad)
+    assert a.shape == b.shape
+    assert torch.equal(pa, pb)
+    assert pa.any(), "the batch should contain padded frames"
+    diff = (a - b).abs().max().item()
+    assert diff <= tol, f"max abs diff {diff}"
+    with torch.no_grad():
+        logits = ours.get_logits(ours(source=x, padding_mask=pad))
+    assert torch.isfinite(logits).logical_not().any(-1).T.equal(pa)
+    assert (logits.transpose(0, 1)[~pa] - a.transpose(0, 1)[~pa]).abs().max().item() <= tol
+    return pa

@@ -1,12 +1,10 @@
-"""HuBERT checkpoints through the same gates: with its gates open, wav2vec2_ctc_pruning on a fairseq ``hubert`` or
-``hubert_ctc`` checkpoint computes what fairseq's ``HubertCtc`` computes (padded batches, small, large-style and
-base size); HuBERT's frame padding rule; HuBERT-base costs against torch's FLOP counter; unsupported checkpoints
-refused in one line."""
+"""What only HuBERT has: its frame padding rule, HuBERT-base and -large costs against torch's FLOP counter, HuBERT
+checkpoints the gates do not cover refused in one line. (That the gated model with its gates open computes what
+fairseq's HubertCtc computes is the HuBERT half of tests/test_gated_model.py's family-parametrised suite.)"""
 import dataclasses
 
 import pytest
 import torch
-from fairseq import tasks
 from fairseq.models.hubert.hubert import HubertModel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -22,105 +20,12 @@ from fairseq_prune.modules.hubert import (
     hubert_pretraining_cfg,
     write_hubert_checkpoint,
 )
-from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning, Wav2Vec2CtcPruningConfig
-from helpers import padded_batch, root_cfg
-from hubert_fixtures import SMALL_HUBERT, build_hubert_ctc, encoder_outputs, write_hubert_ctc_checkpoint
+from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning
+from helpers import build_gated
+from hubert_fixtures import SMALL_HUBERT
 
 ALL_GATES = dict(prune_conv_channels=True, prune_attention_heads=True, prune_attention_layers=True,
                  prune_ffn_units=True, prune_ffn_layers=True)
-# 6000 and 8000 samples: HuBERT's rule keeps one frame more than wav2vec2's conv formula (19 vs 18, 25 vs 24)
-LENGTHS = [16000, 11000, 8000, 6000]
-
-
-@pytest.fixture(scope="module")
-def small_hubert(tmp_path_factory) -> str:
-    path = str(tmp_path_factory.mktemp("hubert") / "small_hubert.pt")
-    write_hubert_checkpoint(path, SMALL_HUBERT, seed=0)
-    return path
-
-
-def build_ours(w2v_path: str, data: str, normalize: bool = False, **fields):
-    cfg = root_cfg(Wav2Vec2CtcPruningConfig(w2v_path=w2v_path, feature_grad_mult=1.0, **fields), data)
-    cfg.task.normalize = normalize
-    return tasks.setup_task(cfg.task).build_model(cfg.model)
-
-
-def fairseq_and_ours(ckpt: str, data: str, normalize: bool = False):
-    torch.manual_seed(0)
-    _, ref = build_hubert_ctc(ckpt, data, normalize, feature_grad_mult=1.0)
-    ours = build_ours(ckpt, data, normalize, **ALL_GATES)
-    if ours.w2v_encoder.proj.weight.data_ptr() != ref.w2v_encoder.proj.weight.data_ptr():
-        # a pre-training checkpoint has no output layer: both models initialise one at random
-        ours.w2v_encoder.proj.load_state_dict(ref.w2v_encoder.proj.state_dict())
-    return ref.eval(), ours.eval()
-
-
-def assert_same_outputs(ref, ours, lengths=LENGTHS, tol=1e-5):
-    """Same encoder output on every frame (padded ones included), same frame padding mask; and the CTC logits of
-    the unpadded frames are fairseq's (our padded frames are set to blank as ``wav2vec_ctc`` sets them)."""
-    x, pad = padded_batch(lengths)
-    a, pa = encoder_outputs(ref, x, pad)
-    b, pb = encoder_outputs(ours, x, pad)
-    assert a.shape == b.shape
-    assert torch.equal(pa, pb)
-    assert pa.any(), "the batch should contain padded frames"
-    diff = (a - b).abs().max().item()
-    assert diff <= tol, f"max abs diff {diff}"
-    with torch.no_grad():
-        logits = ours.get_logits(ours(source=x, padding_mask=pad))
-    assert torch.isfinite(logits).logical_not().any(-1).T.equal(pa)
-    assert (logits.transpose(0, 1)[~pa] - a.transpose(0, 1)[~pa]).abs().max().item() <= tol
-    return pa
-
-
-def test_small_hubert_gates_open_equals_fairseq_hubert_ctc(small_hubert, noise_data):
-    ref, ours = fairseq_and_ours(small_hubert, noise_data)
-    assert ours.w2v_model.family == "hubert"
-    assert len(ours.w2v_model.gates()) == 7 + 2 * 4
-    frame_pad = assert_same_outputs(ref, ours)
-    # HuBERT's padding rule is what made the masks equal: wav2vec2's conv formula gives other frame counts here
-    n = torch.tensor(LENGTHS)
-    conv_rule = super(type(ours.w2v_model), ours.w2v_model)._get_feat_extract_output_lengths(n)
-    assert not torch.equal(conv_rule, (~frame_pad).sum(-1))
-
-
-@pytest.mark.parametrize("variant", [
-    dict(extractor_mode="layer_norm", layer_norm_first=True),  # HuBERT-large/-xlarge style (normalised audio)
-    dict(extractor_mode="layer_norm", conv_bias=True, required_seq_len_multiple=1),
-], ids=["layer_norm-extractor+pre-LN", "layer_norm-extractor+conv_bias"])
-def test_large_style_hubert_equals_fairseq(tmp_path, noise_data, variant):
-    ckpt = str(tmp_path / "hubert.pt")
-    normalize = variant.get("layer_norm_first", False)
-    write_hubert_checkpoint(ckpt, {**SMALL_HUBERT, **variant}, normalize=normalize, seed=3)
-    ref, ours = fairseq_and_ours(ckpt, noise_data, normalize)
-    assert_same_outputs(ref, ours)
-
-
-def test_base_size_hubert_equals_fairseq(tmp_path, noise_data):
-    ckpt = str(tmp_path / "hubert_base.pt")
-    write_hubert_checkpoint(ckpt, HUBERT_BASE, seed=1, num_units=500)
-    ref, ours = fairseq_and_ours(ckpt, noise_data)
-    assert ours.w2v_model.cfg.encoder_layers == 12 and ours.w2v_model.cfg.encoder_embed_dim == 768
-    assert_same_outputs(ref, ours, lengths=[24000, 17000, 9000])
-
-
-def test_old_args_style_hubert_checkpoint_loads(tmp_path, noise_data):
-    ckpt = str(tmp_path / "args.pt")
-    write_hubert_checkpoint(ckpt, SMALL_HUBERT, seed=2, args_style=True)
-    assert "cfg" not in torch.load(ckpt, weights_only=False)
-    ref, ours = fairseq_and_ours(ckpt, noise_data)
-    assert_same_outputs(ref, ours)
-
-
-def test_finetuned_hubert_ctc_checkpoint_keeps_encoder_and_output_layer(small_hubert, noise_data, tmp_path):
-    ckpt = str(tmp_path / "hubert_ctc.pt")
-    ref = write_hubert_ctc_checkpoint(ckpt, small_hubert, noise_data)
-    assert torch.load(ckpt, weights_only=False)["cfg"]["model"]["_name"] == "hubert_ctc"
-    ours = build_ours(ckpt, noise_data, **ALL_GATES).eval()
-    assert_same_outputs(ref, ours)  # output layer included: nothing was copied by hand
-    # the keys are HubertCtc's (less HuBERT's pre-training label embeddings) plus the gates
-    ours_keys = {k for k in ours.state_dict() if not k.endswith("log_alpha")}
-    assert ours_keys == set(ref.state_dict()) - {"w2v_encoder.w2v_model.label_embs_concat"}
 
 
 def test_hubert_frame_padding_rule_is_hubert_models():
@@ -154,7 +59,7 @@ def test_unsupported_checkpoints_are_refused_in_one_line(tmp_path, noise_data):
                  "optimizer_history": [{"criterion_name": "x", "optimizer_name": "y", "lr_scheduler_state": {},
                                         "num_updates": 0}], "extra_state": {}}, w2v1)
     with pytest.raises(CheckpointError) as e:
-        build_ours(w2v1, noise_data)
+        build_gated(w2v1, noise_data)
     message = str(e.value)
     assert "\n" not in message and message.startswith(w2v1)
     assert "(fairseq model wav2vec2, wav2vec_ctc, hubert, hubert_ctc, or a wav2vec2_ctc_pruning one without " \
@@ -163,7 +68,7 @@ def test_unsupported_checkpoints_are_refused_in_one_line(tmp_path, noise_data):
     batch_norm = str(tmp_path / "bn.pt")
     write_hubert_checkpoint(batch_norm, {**SMALL_HUBERT, "conv_pos_batch_norm": True})
     with pytest.raises(CheckpointError, match="bn.pt: this HuBERT model has a batch-normed positional convolution"):
-        build_ours(batch_norm, noise_data)
+        build_gated(batch_norm, noise_data)
 
 
 def hubert_model(size: str, vocab=None, **fields) -> Wav2Vec2CtcPruning:

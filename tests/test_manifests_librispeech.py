@@ -11,15 +11,13 @@ from collections import Counter
 
 import soundfile as sf
 
-from manifest_fixtures import (  # noqa: F401  (fixtures)
+from manifest_fixtures import (
     FAIRSEQ_W2V,
     LIBRI_SUBSETS,
     REPO,
     assert_one_error,
     call,
     first_flac,
-    libri_copy,
-    libri_corpus,
     read_lines,
     rewrite_audio,
     snapshot,

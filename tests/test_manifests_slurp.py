@@ -10,14 +10,12 @@ from collections import Counter
 import pytest
 import soundfile as sf
 
-from manifest_fixtures import (  # noqa: F401  (fixtures)
+from manifest_fixtures import (
     REPO,
     assert_one_error,
     call,
     read_lines,
     rewrite_audio,
-    slurp_copy,
-    slurp_corpus,
     snapshot,
 )
 from manifests import slurp

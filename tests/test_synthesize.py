@@ -14,13 +14,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from manifest_fixtures import (  # noqa: F401  (fixtures)
+from manifest_fixtures import (
     LIBRI_SUBSETS,
     assert_one_error,
     call,
-    libri_corpus,
     read_lines,
-    slurp_corpus,
     snapshot,
 )
 from manifests import espeak, synth_text, synthesize
