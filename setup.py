@@ -21,6 +21,7 @@ setup(
             "fairseq-prune-infer=fairseq_prune.cli.infer:cli_main",
             "fairseq-prune-onnx=fairseq_prune.cli.onnx:cli_main",
             "fairseq-prune-profile=fairseq_prune.cli.profile:cli_main",
+            "fairseq-prune-latency=fairseq_prune.cli.latency_check:cli_main",
         ]
     },
 )

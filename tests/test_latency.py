@@ -100,3 +100,41 @@ def test_the_latency_budget_holds_its_target_in_training(tmp_path, small_w2v, no
     assert float(last["target"]) == pytest.approx(0.7)
     assert float(last["det_ratio"]) <= 0.7 + 0.03, last
     assert float(last["det_latency_ms"]) < float(json.load(open(table_path))["dense_ms"]) * 0.75
+
+
+def test_predicted_and_measured_latency_of_an_exported_model(tmp_path, small_w2v, noise_data, table_path):
+    """fairseq-prune-latency: an exported model's predicted ratio and its speed-up timed beside the dense model,
+    with its MACs ratio, as rows of docs/results/latency.json; the dense model against itself predicts 1."""
+    from fairseq_prune.cli import export as export_cli
+    from fairseq_prune.cli import latency_check
+    from onnx_fixtures import write_gated_checkpoint
+
+    gated = write_gated_checkpoint(str(tmp_path / "gated.pt"), small_w2v, noise_data)
+    pruned = str(tmp_path / "pruned.pt")
+    export_cli.main(export_cli.get_parser().parse_args([gated, pruned]))
+    out = str(tmp_path / "latency.json")
+    parser = latency_check.get_parser()
+    rows = latency_check.main(parser.parse_args([table_path, small_w2v, pruned, small_w2v, "--rounds", "3",
+                                                 "--size", "mini", "--budget", "macs", "--target", "0.5",
+                                                 "--json", out]))
+    assert json.load(open(out))["rows"] == rows
+    exported, itself = rows
+    assert 0 < exported["predicted_latency_ratio"] < 1 and 0 < exported["macs_ratio"] < 1
+    assert exported["measured_speedup"] > 0 and exported["ms"] > 0 and exported["dense_ms"] > 0
+    assert exported["measured_latency_ratio"] == pytest.approx(exported["ms"] / exported["dense_ms"], rel=1e-2)
+    assert {k: exported[k] for k in ("size", "budget", "target", "backend", "threads", "batch", "device")} == {
+        "size": "mini", "budget": "macs", "target": 0.5, "backend": "eager", "threads": 1, "batch": 1,
+        "device": "test-cpu"}
+    assert itself["predicted_latency_ratio"] == pytest.approx(1.0) and itself["macs_ratio"] == pytest.approx(1.0)
+
+
+def test_the_latency_check_refuses_a_table_of_another_architecture(tmp_path, table_path):
+    from experiments.checkpoints import write_wav2vec2_checkpoint
+    from fairseq_prune.cli import latency_check
+    from fairseq_prune.io.errors import ConfigError
+    from helpers import SMALL_W2V
+
+    other = str(tmp_path / "other.pt")
+    write_wav2vec2_checkpoint(other, {**SMALL_W2V, "encoder_ffn_embed_dim": 48}, seed=0)
+    with pytest.raises(ConfigError, match="made for another architecture"):
+        latency_check.main(latency_check.get_parser().parse_args([table_path, other, other]))

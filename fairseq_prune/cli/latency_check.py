@@ -1,0 +1,122 @@
+"""``fairseq-prune-latency TABLE.json DENSE.pt EXPORTED.pt [...]``: the latency table's prediction against a
+measurement, for exported models (issue #25's check of ``criterion.budget=latency``).
+
+For each exported model: the latency the table predicts as a ratio of the dense model's, and the speed-up measured
+here, the dense model and the exported one timed side by side in one run (rounds interleaved, median of each) with
+the table's settings (threads, batch, input length), beside the ratio of their MACs. The models are built at the
+checkpoints' sizes with random weights: their time does not depend on the weights (as the profiler's blocks).
+``--json`` writes the rows in the format of ``docs/results/latency.json``.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Tuple
+
+import torch
+
+from ..cost import REFERENCE_SAMPLES, Wav2Vec2Shape, cost_breakdown, totals
+from ..latency import LatencyTable
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fairseq-prune-latency", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("table", help="the latency table (fairseq-prune-profile) of the dense model's architecture")
+    p.add_argument("dense", help="the dense model: a pre-training or fine-tuned checkpoint of that architecture")
+    p.add_argument("exported", nargs="+", help="exported checkpoints (fairseq-prune-export) to check")
+    p.add_argument("--rounds", type=int, default=10, help="timed calls of each model (default 10)")
+    p.add_argument("--size", default="", help="label of the rows' 'size' field (e.g. base, mini)")
+    p.add_argument("--budget", default="", help="label of the rows' 'budget' field (e.g. macs, latency)")
+    p.add_argument("--target", type=float, default=None, help="the rows' 'target' field")
+    p.add_argument("--json", metavar="FILE.json", help="write {'rows': [...]} there (replaces FILE.json)")
+    return p
+
+
+def timing_model(path: str) -> Tuple[torch.nn.Module, Wav2Vec2Shape]:
+    """The model of checkpoint ``path`` at its per-layer sizes (dense when it has none), random weights, eval;
+    and the shape of the dense architecture it was pruned from (what a latency table is made for)."""
+    from ..io.checkpoints import load_w2v_source
+    from ..models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning
+
+    source = load_w2v_source(path)
+    vocab = int(source.proj_state["weight"].shape[0]) if source.proj_state else 32
+    fields = source.sizes.as_dict(skip_empty=True) if source.sizes is not None else {}
+    model = Wav2Vec2CtcPruning.from_w2v_args(source.w2v_args, vocab, **fields).eval()
+    return model, Wav2Vec2Shape.from_w2v_cfg(source.w2v_args.model)
+
+
+def side_by_side_ms(a: torch.nn.Module, b: torch.nn.Module, audio: torch.Tensor, rounds: int) -> Tuple[float, float]:
+    """Median milliseconds of ``a`` and ``b`` on ``audio``, their calls interleaved (one warm-up each)."""
+    times: Dict[int, List[float]] = {0: [], 1: []}
+    with torch.inference_mode():
+        for model in (a, b):
+            model(source=audio, padding_mask=None)
+        for _ in range(rounds):
+            for k, model in enumerate((a, b)):
+                t0 = time.perf_counter()
+                model(source=audio, padding_mask=None)
+                times[k].append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def macs(model) -> float:
+    return float(totals(cost_breakdown(model.shape(), REFERENCE_SAMPLES))["total"].macs)
+
+
+def git_commit() -> str:
+    p = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                       capture_output=True, text=True)
+    return p.stdout.strip() or "unknown"
+
+
+def main(args: argparse.Namespace) -> List[Dict]:
+    table = LatencyTable.load(args.table)
+    settings = table.data
+    dense, dense_shape = timing_model(args.dense)
+    table.check(dense_shape)
+    torch.set_num_threads(int(settings.get("threads", 1)))
+    audio = torch.randn(int(settings.get("batch", 1)), int(round(float(settings.get("seconds", 10.0)) * 16000)))
+    predicted_dense = float(table.predict(dense.shape().sizes))
+    rows = []
+    for path in args.exported:
+        model, pruned_from = timing_model(path)
+        table.check(pruned_from)  # pruned from the table's architecture
+        dense_ms, ms = side_by_side_ms(dense, model, audio, args.rounds)
+        rows.append({
+            "model": path, "size": args.size, "budget": args.budget, "target": args.target,
+            "backend": settings.get("backend", "eager"), "threads": settings.get("threads"),
+            "batch": settings.get("batch"), "seconds": settings.get("seconds"),
+            "predicted_latency_ratio": round(float(table.predict(model.shape().sizes)) / predicted_dense, 4),
+            "measured_latency_ratio": round(ms / dense_ms, 4), "measured_speedup": round(dense_ms / ms, 4),
+            "dense_ms": round(dense_ms, 2), "ms": round(ms, 2), "macs_ratio": round(macs(model) / macs(dense), 4),
+            "device": settings.get("device"), "commit": git_commit(),
+            "command": " ".join(["fairseq-prune-latency", *sys.argv[1:]]),
+        })
+        r = rows[-1]
+        print(f"{path}: predicted {r['predicted_latency_ratio']:.3f} of the dense latency, measured "
+              f"{r['measured_latency_ratio']:.3f} ({r['ms']:.1f} vs {r['dense_ms']:.1f} ms, speed-up "
+              f"{r['measured_speedup']:.2f}x), MACs {r['macs_ratio']:.3f}", flush=True)
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"rows": rows}, f, indent=1)
+        os.replace(tmp, args.json)
+    return rows
+
+
+def cli_main() -> None:
+    from ..io.errors import PluginError
+
+    args = get_parser().parse_args()
+    try:
+        main(args)
+    except PluginError as e:
+        sys.exit(f"fairseq-prune-latency: error: {e}")
+
+
+if __name__ == "__main__":
+    cli_main()
