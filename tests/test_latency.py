@@ -116,7 +116,7 @@ def test_predicted_and_measured_latency_of_an_exported_model(tmp_path, small_w2v
     parser = latency_check.get_parser()
     rows = latency_check.main(parser.parse_args([table_path, small_w2v, pruned, small_w2v, "--rounds", "3",
                                                  "--size", "mini", "--budget", "macs", "--target", "0.5",
-                                                 "--json", out]))
+                                                 "--json", out, "--breakdown"]))
     assert json.load(open(out))["rows"] == rows
     exported, itself = rows
     assert 0 < exported["predicted_latency_ratio"] < 1 and 0 < exported["macs_ratio"] < 1
@@ -126,6 +126,13 @@ def test_predicted_and_measured_latency_of_an_exported_model(tmp_path, small_w2v
         "size": "mini", "budget": "macs", "target": 0.5, "backend": "eager", "threads": 1, "batch": 1,
         "device": "test-cpu"}
     assert itself["predicted_latency_ratio"] == pytest.approx(1.0) and itself["macs_ratio"] == pytest.approx(1.0)
+    # --breakdown: every part of both models timed; the parts and "other" add up to the total
+    for parts in exported["breakdown_ms"].values():
+        assert set(parts) == {*(f"conv.{i}" for i in range(7)), "features: norm + projection", "positional conv",
+                              "attention", "ffn (fc1, fc2)", "layer norms", "output", "other", "total"}
+        assert all(v > 0 for k, v in parts.items() if k != "other")
+    dense_parts = exported["breakdown_ms"]["dense"]
+    assert sum(v for k, v in dense_parts.items() if k != "total") == pytest.approx(dense_parts["total"], rel=0.2)
 
 
 def test_the_latency_check_refuses_a_table_of_another_architecture(tmp_path, table_path):

@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -33,7 +33,84 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="", help="label of the rows' 'budget' field (e.g. macs, latency)")
     p.add_argument("--target", type=float, default=None, help="the rows' 'target' field")
     p.add_argument("--json", metavar="FILE.json", help="write {'rows': [...]} there (replaces FILE.json)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time each part of each model (conv layers, attention, FFN, positional conv, layer "
+                        "norms, output) and print where the time goes, dense beside exported")
     return p
+
+
+def part_of(name: str) -> str:
+    """The breakdown's part a module belongs to ('' for modules not timed on their own)."""
+    tail = name.split("w2v_model.", 1)[-1]
+    if tail in ("layer_norm", "post_extract_proj"):
+        return "features: norm + projection"
+    if tail == "encoder.pos_conv":
+        return "positional conv"
+    if tail.startswith("encoder.layers.") and tail.count(".") == 3:
+        leaf = tail.rsplit(".", 1)[1]
+        return {"self_attn": "attention", "fc1": "ffn (fc1, fc2)", "fc2": "ffn (fc1, fc2)",
+                "self_attn_layer_norm": "layer norms", "final_layer_norm": "layer norms"}.get(leaf, "")
+    if tail == "encoder.layer_norm":
+        return "layer norms"
+    return "output" if name == "w2v_encoder.proj" else ""
+
+
+def conv_hooks(model: torch.nn.Module, spent: Dict[str, float]) -> List:
+    """Hooks that time each conv layer (``conv.i``): its conv runs as a function call, not as a module, so a
+    layer's time is from the end of the one before (or the extractor's start) to the end of its GELU."""
+    extractor = model.w2v_encoder.w2v_model.feature_extractor
+    mark: Dict[str, float] = {}
+    hooks = [extractor.register_forward_pre_hook(lambda m, i: mark.__setitem__("t", time.perf_counter()))]
+
+    def ended(part: str) -> Callable:
+        def hook(m, i, o):
+            now = time.perf_counter()
+            spent[part] = spent.get(part, 0.0) + now - mark["t"]
+            mark["t"] = now
+        return hook
+
+    for k, block in enumerate(extractor.conv_layers):
+        hooks.append(block[-1].register_forward_hook(ended(f"conv.{k}")))
+    return hooks
+
+
+def breakdown_ms(model: torch.nn.Module, audio: torch.Tensor, rounds: int) -> Dict[str, float]:
+    """Median milliseconds per part (``conv.i``, :func:`part_of`) and in all (``total``); ``other``: what no
+    part covers (masks, GELU of the FFN, residuals, padding)."""
+    started: Dict[int, float] = {}
+    spent: Dict[str, float] = {}
+    hooks = conv_hooks(model, spent)
+    for name, module in model.named_modules():
+        part = part_of(name)
+        if part:
+            hooks.append(module.register_forward_pre_hook(lambda m, i: started.__setitem__(id(m), time.perf_counter())))
+            hooks.append(module.register_forward_hook(
+                lambda m, i, o, part=part: spent.__setitem__(part, spent.get(part, 0.0)
+                                                              + time.perf_counter() - started[id(m)])))
+    per_round: Dict[str, List[float]] = {}
+    try:
+        with torch.inference_mode():
+            model(source=audio, padding_mask=None)
+            for _ in range(rounds):
+                spent.clear()
+                t0 = time.perf_counter()
+                model(source=audio, padding_mask=None)
+                spent["total"] = time.perf_counter() - t0
+                spent["other"] = spent["total"] - sum(v for k, v in spent.items() if k != "total")
+                for k, v in spent.items():
+                    per_round.setdefault(k, []).append(v * 1000.0)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: statistics.median(v) for k, v in per_round.items()}
+
+
+def print_breakdown(dense: Dict[str, float], pruned: Dict[str, float], path: str) -> None:
+    print(f"where the time goes (ms, median): dense vs {path}")
+    for part in sorted(dense, key=lambda k: (k in ("other", "total"), k)):
+        d, p = dense[part], pruned.get(part, 0.0)
+        share = 100.0 * d / dense["total"]
+        print(f"  {part:<28} {d:8.2f} {p:8.2f}  ({share:4.1f}% of dense; kept {p / d if d else 0:.2f})")
 
 
 def timing_model(path: str) -> Tuple[torch.nn.Module, Wav2Vec2Shape]:
@@ -97,6 +174,10 @@ def main(args: argparse.Namespace) -> List[Dict]:
             "command": " ".join(["fairseq-prune-latency", *sys.argv[1:]]),
         })
         r = rows[-1]
+        if args.breakdown:
+            r["breakdown_ms"] = {"dense": breakdown_ms(dense, audio, args.rounds),
+                                 "exported": breakdown_ms(model, audio, args.rounds)}
+            print_breakdown(r["breakdown_ms"]["dense"], r["breakdown_ms"]["exported"], path)
         print(f"{path}: predicted {r['predicted_latency_ratio']:.3f} of the dense latency, measured "
               f"{r['measured_latency_ratio']:.3f} ({r['ms']:.1f} vs {r['dense_ms']:.1f} ms, speed-up "
               f"{r['measured_speedup']:.2f}x), MACs {r['macs_ratio']:.3f}", flush=True)
