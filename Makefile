@@ -23,11 +23,13 @@ study: setup
 	$(PY) scripts/study.py
 
 # benchmarks that print numbers: inference speed (exported vs dense, wav2vec2-base size, eager PyTorch and
-# onnxruntime) and training overhead
+# onnxruntime), training overhead, and the latency budget's allocation against the MAC budget's (predicted and
+# measured, mini and base size)
 bench: setup
 	@mkdir -p results
 	$(PY) benchmarks/bench_inference.py --json results/bench_inference.json
 	$(PY) benchmarks/bench_training.py --json results/bench_training.json
+	$(PY) benchmarks/bench_latency.py --json results/bench_latency.json
 
 clean:
 	rm -rf results work

@@ -123,7 +123,8 @@ class LatencyTable:
         for n, (h, u) in enumerate(zip(sizes.attention_heads, sizes.ffn_units)):
             out[f"layers.{n}.attention"] = interp1(self.attention["sizes"], self.attention["ms"], h)
             out[f"layers.{n}.ffn"] = interp1(self.ffn["sizes"], self.ffn["ms"], u)
-        return out
+        scale = float(self.data.get("block_scale", 1.0))  # < 1 where the blocks timed alone overran the model
+        return {k: v * scale for k, v in out.items()} if scale != 1.0 else out
 
     def predict(self, sizes: LayerSizes) -> torch.Tensor:
         """Predicted milliseconds of a model at ``sizes``: the blocks plus the rest."""

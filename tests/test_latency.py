@@ -28,9 +28,14 @@ def test_the_dense_model_is_the_tables_sum(table_path):
     assert len(blocks) == 7 + 2 * 2
     assert float(table.predict(dense)) == pytest.approx(data["dense_ms"], rel=1e-9)
     assert float(sum(blocks.values())) + data["rest_ms"] == pytest.approx(data["dense_ms"], rel=1e-9)
-    # at a grid point the prediction is the (monotone) measurement
+    # no negative rest: blocks that overran the model when timed alone are scaled down to it
+    assert data["rest_ms"] >= 0 and 0 < data["block_scale"] <= 1
+    assert data["block_scale"] == 1 or data["rest_ms"] == pytest.approx(0, abs=1e-9)
+    # at a grid point the prediction is the (monotone) measurement, times that scale
     first = data["conv"][1]
-    assert float(blocks["conv.1"]) == pytest.approx(table.conv[1]["ms"][-1][-1])
+    assert float(blocks["conv.1"]) == pytest.approx(table.conv[1]["ms"][-1][-1] * data["block_scale"])
+    halved = LatencyTable({**data, "block_scale": data["block_scale"] / 2}).blocks(dense)
+    assert all(float(halved[k]) == pytest.approx(float(v) / 2) for k, v in blocks.items())
     assert first["c_in"][-1] == first["c_out"][-1] == 32 and data["device"] == "test-cpu"
 
 

@@ -150,42 +150,61 @@ def git_commit() -> str:
     return p.stdout.strip() or "unknown"
 
 
+def table_audio(table: LatencyTable) -> torch.Tensor:
+    """Random audio of the table's batch and input length (the table's threads are set too)."""
+    torch.set_num_threads(int(table.data.get("threads", 1)))
+    return torch.randn(int(table.data.get("batch", 1)), int(round(float(table.data.get("seconds", 10.0)) * 16000)))
+
+
+def check_model(table: LatencyTable, dense, model, rounds: int, breakdown: bool = False) -> Dict:
+    """One model's prediction and measurement against the dense model's (see the module's docstring)."""
+    audio = table_audio(table)
+    dense_ms, ms = side_by_side_ms(dense, model, audio, rounds)
+    row = {
+        "backend": table.data.get("backend", "eager"), "threads": table.data.get("threads"),
+        "batch": table.data.get("batch"), "seconds": table.data.get("seconds"),
+        "predicted_latency_ratio": round(float(table.predict(model.shape().sizes)
+                                               / table.predict(dense.shape().sizes)), 4),
+        "measured_latency_ratio": round(ms / dense_ms, 4), "measured_speedup": round(dense_ms / ms, 4),
+        "dense_ms": round(dense_ms, 2), "ms": round(ms, 2), "macs_ratio": round(macs(model) / macs(dense), 4),
+        "device": table.data.get("device"), "commit": git_commit(),
+    }
+    if breakdown:
+        row["breakdown_ms"] = {"dense": breakdown_ms(dense, audio, rounds),
+                               "exported": breakdown_ms(model, audio, rounds)}
+    return row
+
+
+def print_row(name: str, r: Dict) -> None:
+    print(f"{name}: predicted {r['predicted_latency_ratio']:.3f} of the dense latency, measured "
+          f"{r['measured_latency_ratio']:.3f} ({r['ms']:.1f} vs {r['dense_ms']:.1f} ms, speed-up "
+          f"{r['measured_speedup']:.2f}x), MACs {r['macs_ratio']:.3f}", flush=True)
+    if "breakdown_ms" in r:
+        print_breakdown(r["breakdown_ms"]["dense"], r["breakdown_ms"]["exported"], name)
+
+
+def write_rows(path: str, rows: List[Dict]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"rows": rows}, f, indent=1)
+    os.replace(tmp, path)
+
+
 def main(args: argparse.Namespace) -> List[Dict]:
     table = LatencyTable.load(args.table)
-    settings = table.data
     dense, dense_shape = timing_model(args.dense)
     table.check(dense_shape)
-    torch.set_num_threads(int(settings.get("threads", 1)))
-    audio = torch.randn(int(settings.get("batch", 1)), int(round(float(settings.get("seconds", 10.0)) * 16000)))
-    predicted_dense = float(table.predict(dense.shape().sizes))
     rows = []
     for path in args.exported:
         model, pruned_from = timing_model(path)
         table.check(pruned_from)  # pruned from the table's architecture
-        dense_ms, ms = side_by_side_ms(dense, model, audio, args.rounds)
-        rows.append({
-            "model": path, "size": args.size, "budget": args.budget, "target": args.target,
-            "backend": settings.get("backend", "eager"), "threads": settings.get("threads"),
-            "batch": settings.get("batch"), "seconds": settings.get("seconds"),
-            "predicted_latency_ratio": round(float(table.predict(model.shape().sizes)) / predicted_dense, 4),
-            "measured_latency_ratio": round(ms / dense_ms, 4), "measured_speedup": round(dense_ms / ms, 4),
-            "dense_ms": round(dense_ms, 2), "ms": round(ms, 2), "macs_ratio": round(macs(model) / macs(dense), 4),
-            "device": settings.get("device"), "commit": git_commit(),
-            "command": " ".join(["fairseq-prune-latency", *sys.argv[1:]]),
-        })
-        r = rows[-1]
-        if args.breakdown:
-            r["breakdown_ms"] = {"dense": breakdown_ms(dense, audio, args.rounds),
-                                 "exported": breakdown_ms(model, audio, args.rounds)}
-            print_breakdown(r["breakdown_ms"]["dense"], r["breakdown_ms"]["exported"], path)
-        print(f"{path}: predicted {r['predicted_latency_ratio']:.3f} of the dense latency, measured "
-              f"{r['measured_latency_ratio']:.3f} ({r['ms']:.1f} vs {r['dense_ms']:.1f} ms, speed-up "
-              f"{r['measured_speedup']:.2f}x), MACs {r['macs_ratio']:.3f}", flush=True)
+        row = {"model": path, "size": args.size, "budget": args.budget, "target": args.target,
+               **check_model(table, dense, model, args.rounds, args.breakdown),
+               "command": " ".join(["fairseq-prune-latency", *sys.argv[1:]])}
+        rows.append(row)
+        print_row(path, row)
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"rows": rows}, f, indent=1)
-        os.replace(tmp, args.json)
+        write_rows(args.json, rows)
     return rows
 
 
