@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 #: the destinations that :meth:`manifests.staging.Staging.commit` has moved into place in this process: a signal
 #: after that stops nothing (see :func:`run_or_exit`)
@@ -24,16 +24,18 @@ class Terminated(BaseException):
     for bad input), so that :class:`Staging` removes what it wrote."""
 
 
-def run_or_exit(body: Callable[[], None]) -> None:
-    """Run a script's body; a :class:`ManifestError` becomes one ``error: ...`` line on stderr and exit code 1.
+def run_or_exit(body: Callable[[], None], prog: Optional[str] = None) -> None:
+    """Run a script's body; a :class:`ManifestError` becomes one ``PROG: error: ...`` line on stderr and exit code 1
+    (``prog``: the script's file name, default ``sys.argv[0]``'s, so that a line in a long log says who wrote it).
     SIGTERM and Ctrl-C stop it the same way (exit codes 143 and 130) after the partial output is removed; one that
     comes once the output is complete (Staging committed) stops nothing: exit 0, so that 0 means "complete" and
     143/130 "nothing written"."""
+    prog = prog or os.path.basename(sys.argv[0]) or "manifests"
     try:
         with _terminate_by_exception():
             body()
     except ManifestError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(1)
     except (Terminated, KeyboardInterrupt) as e:
         signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
@@ -41,7 +43,7 @@ def run_or_exit(body: Callable[[], None]) -> None:
         if done:  # the signal came after the output was moved into place (the only staging of a script)
             print(f"note: {signum.name} came after the output was complete: {', '.join(done)}", file=sys.stderr)
             sys.exit(0)
-        print(f"error: stopped by {signum.name}; output not yet complete was removed", file=sys.stderr)
+        print(f"{prog}: error: stopped by {signum.name}; output not yet complete was removed", file=sys.stderr)
         sys.exit(128 + signum)
 
 

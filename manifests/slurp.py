@@ -109,7 +109,8 @@ def parse_line(line: str, where: str) -> Utterance:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as e:
-        raise ManifestError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        at = e.msg if e.msg.endswith(" at") else f"{e.msg} at"  # json's "Unterminated string starting at"
+        raise ManifestError(f"{where}: not valid JSON ({at} column {e.colno})") from None
     if not isinstance(record, dict):
         raise ManifestError(f"{where}: expected a JSON object, got {type(record).__name__}")
     for key, kind in (("sentence", str), ("intent", str), ("recordings", list)):
@@ -330,7 +331,7 @@ def intent_inventory(outputs: List[SplitOutput], intents: List[str], args: argpa
 
 
 def main(args: argparse.Namespace) -> None:
-    run_or_exit(lambda: print("\n".join(run(args))))
+    run_or_exit(lambda: print("\n".join(run(args))), os.path.basename(__file__))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 session, in-process script calls, and checks that a failed run left nothing behind."""
 import importlib.util
 import os
+import re
 import shutil
 import sys
 from typing import Dict, List, Tuple
@@ -87,11 +88,14 @@ def snapshot(folder: str) -> Dict[str, bytes]:
 
 
 def assert_one_error(code: int, err: str, *fragments: str) -> str:
-    """Exit code != 0 and exactly one ``error: ...`` line on stderr containing every fragment."""
+    """Exit code != 0 and exactly one ``SCRIPT.py: error: ...`` line on stderr (the script's name first)
+    containing every fragment; returns the line from ``error: `` on."""
     assert code != 0
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), lines[0]
+    prog = re.match(r"[a-z_]+\.py: (?=error: )", lines[0])
+    assert prog, lines[0]
+    lines[0] = lines[0][prog.end():]
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]

@@ -117,7 +117,7 @@ def test_runs_as_a_script(libri_corpus, tmp_path):
                          capture_output=True, text=True, cwd=str(tmp_path))
     assert bad.returncode == 1
     missing = os.path.join(libri_corpus, "dev-other")
-    assert bad.stderr.strip().splitlines() == [f"error: {missing}: subset folder not found"]
+    assert bad.stderr.strip().splitlines() == [f"librispeech.py: error: {missing}: subset folder not found"]
 
 
 # --------------------------------------------------------------------------------------------- bad input: fatal
@@ -333,7 +333,7 @@ def test_sigterm_leaves_nothing(libri_copy, tmp_path):
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 128 + signal.SIGTERM
-    assert err.strip().splitlines() == ["error: stopped by SIGTERM; output not yet complete was removed"]
+    assert err.strip().splitlines() == ["librispeech.py: error: stopped by SIGTERM; output not yet complete was removed"]
     assert not os.path.exists(tmp_path / "new"), "the folders the run created are not removed"
 
 

@@ -209,7 +209,7 @@ def test_runs_as_a_script(slurp_corpus, tmp_path):
     bad = subprocess.run([sys.executable, script, str(tmp_path / "none"), "--dest", str(tmp_path / "n")],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'none'}: SLURP folder not found"]
+        f"slurp.py: error: {tmp_path / 'none'}: SLURP folder not found"]
 
 
 # --------------------------------------------------------------------------------------------- bad input: fatal
@@ -250,7 +250,8 @@ def test_missing_synthetic_jsonl_unless_excluded(slurp_copy, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("line, fragments", [
-    ('{"slurp_id": 1, "sentence": "hello"', ["not valid JSON"]),
+    ('{"slurp_id": 1, "sentence": "hello"', ["not valid JSON (Expecting ',' delimiter at column 36)"]),
+    ('{"sentence": "unterminated', ["not valid JSON (Unterminated string starting at column 14)"]),  # not "at at"
     ('["a list"]', ["expected a JSON object"]),
     ('{"sentence": "turn it up", "recordings": [{"file": "a.flac"}]}', ["field 'intent' is missing"]),
     ('{"sentence": "turn it up", "intent": "Audio Volume Up", "recordings": []}',

@@ -228,7 +228,7 @@ def test_sigterm_stops_workers_and_leaves_nothing(tmp_path):
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 128 + signal.SIGTERM, err
-    assert err.strip().splitlines() == ["error: stopped by SIGTERM; output not yet complete was removed"]
+    assert err.strip().splitlines() == ["synthesize.py: error: stopped by SIGTERM; output not yet complete was removed"]
     assert os.listdir(tmp_path) == []
 
 
