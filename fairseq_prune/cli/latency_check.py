@@ -20,6 +20,7 @@ import torch
 
 from ..cost import REFERENCE_SAMPLES, Wav2Vec2Shape, cost_breakdown, totals
 from ..latency import LatencyTable
+from .profile import model_runner
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -96,13 +97,14 @@ def breakdown_ms(model: torch.nn.Module, audio: torch.Tensor, rounds: int) -> Di
                 t0 = time.perf_counter()
                 model(source=audio, padding_mask=None)
                 spent["total"] = time.perf_counter() - t0
-                spent["other"] = spent["total"] - sum(v for k, v in spent.items() if k != "total")
                 for k, v in spent.items():
                     per_round.setdefault(k, []).append(v * 1000.0)
     finally:
         for h in hooks:
             h.remove()
-    return {k: statistics.median(v) for k, v in per_round.items()}
+    out = {k: statistics.median(v) for k, v in per_round.items()}
+    out["other"] = out["total"] - sum(v for k, v in out.items() if k != "total")  # the medians add up
+    return out
 
 
 def print_breakdown(dense: Dict[str, float], pruned: Dict[str, float], path: str) -> None:
@@ -126,16 +128,16 @@ def timing_model(path: str) -> Tuple[torch.nn.Module, Wav2Vec2Shape]:
     return model, Wav2Vec2Shape.from_w2v_cfg(source.w2v_args.model)
 
 
-def side_by_side_ms(a: torch.nn.Module, b: torch.nn.Module, audio: torch.Tensor, rounds: int) -> Tuple[float, float]:
-    """Median milliseconds of ``a`` and ``b`` on ``audio``, their calls interleaved (one warm-up each)."""
+def side_by_side_ms(a: Callable[[], object], b: Callable[[], object], rounds: int) -> Tuple[float, float]:
+    """Median milliseconds of the calls ``a`` and ``b``, interleaved (one warm-up each)."""
     times: Dict[int, List[float]] = {0: [], 1: []}
     with torch.inference_mode():
-        for model in (a, b):
-            model(source=audio, padding_mask=None)
+        for call in (a, b):
+            call()
         for _ in range(rounds):
-            for k, model in enumerate((a, b)):
+            for k, call in enumerate((a, b)):
                 t0 = time.perf_counter()
-                model(source=audio, padding_mask=None)
+                call()
                 times[k].append((time.perf_counter() - t0) * 1000.0)
     return statistics.median(times[0]), statistics.median(times[1])
 
@@ -159,9 +161,11 @@ def table_audio(table: LatencyTable) -> torch.Tensor:
 def check_model(table: LatencyTable, dense, model, rounds: int, breakdown: bool = False) -> Dict:
     """One model's prediction and measurement against the dense model's (see the module's docstring)."""
     audio = table_audio(table)
-    dense_ms, ms = side_by_side_ms(dense, model, audio, rounds)
+    backend, threads = table.data.get("backend", "eager"), int(table.data.get("threads", 1))
+    dense_ms, ms = side_by_side_ms(model_runner(dense, audio, backend, threads),
+                                   model_runner(model, audio, backend, threads), rounds)
     row = {
-        "backend": table.data.get("backend", "eager"), "threads": table.data.get("threads"),
+        "backend": backend, "threads": table.data.get("threads"),
         "batch": table.data.get("batch"), "seconds": table.data.get("seconds"),
         "predicted_latency_ratio": round(float(table.predict(model.shape().sizes)
                                                / table.predict(dense.shape().sizes)), 4),
@@ -169,7 +173,7 @@ def check_model(table: LatencyTable, dense, model, rounds: int, breakdown: bool 
         "dense_ms": round(dense_ms, 2), "ms": round(ms, 2), "macs_ratio": round(macs(model) / macs(dense), 4),
         "device": table.data.get("device"), "commit": git_commit(),
     }
-    if breakdown:
+    if breakdown and backend == "eager":  # module hooks: PyTorch only
         row["breakdown_ms"] = {"dense": breakdown_ms(dense, audio, rounds),
                                "exported": breakdown_ms(model, audio, rounds)}
     return row

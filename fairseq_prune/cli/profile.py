@@ -23,7 +23,53 @@ from torch import nn
 from ..cost import Wav2Vec2Shape
 from ..latency import FORMAT, architecture_key
 
-BACKENDS = ("eager",)
+BACKENDS = ("eager", "onnxruntime")
+
+
+class _Block(nn.Module):
+    """A block's eval-mode forward as a module of one input, for tracing: attention (``self_attention``, no
+    padding) or the FFN (``feed_forward``), as the ONNX export runs them."""
+
+    def __init__(self, fn: Callable, owner: nn.Module) -> None:
+        super().__init__()
+        self.fn, self.owner = fn, owner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.owner, x)
+
+
+def runner(module: nn.Module, inputs: Dict[str, torch.Tensor], backend: str, threads: int) -> Callable[[], object]:
+    """A call of ``module`` on ``inputs`` as ``backend`` runs it: eager PyTorch, or onnxruntime on the graph the
+    module traces to (fixed shapes: the timed ones; ``threads`` intra-op threads)."""
+    if backend == "eager":
+        args = tuple(inputs.values())
+        return lambda: module(*args)
+    import io
+
+    from ..onnx.export import OPSET
+    from ..onnx.runtime import import_onnxruntime
+
+    ort = import_onnxruntime()
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(module, tuple(inputs.values()), buffer, dynamo=False, opset_version=OPSET,
+                          input_names=list(inputs))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = threads, 1, 3
+    session = ort.InferenceSession(buffer.getvalue(), sess_options=options, providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}  # an input the graph does not read is folded away
+    feeds = {k: v.numpy() for k, v in inputs.items() if k in wanted}
+    return lambda: session.run(None, feeds)
+
+
+def model_runner(model: nn.Module, audio: torch.Tensor, backend: str, threads: int) -> Callable[[], object]:
+    """A whole CTC model's call on ``audio`` (no padding): the model itself, or the graph fairseq-prune-onnx
+    writes for it (logits out, no padding-mask input) run by onnxruntime."""
+    if backend == "eager":
+        return lambda: model(source=audio, padding_mask=None)
+    from ..onnx.export import TraceableCtc
+
+    return runner(TraceableCtc(model, log_probs=False).eval(), {"source": audio}, backend, threads)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -31,7 +77,9 @@ def get_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a wav2vec2 pre-training or fine-tuned checkpoint (its dense architecture)")
     p.add_argument("output", help="the table to write (JSON)")
-    p.add_argument("--backend", choices=BACKENDS, default="eager", help="eager: PyTorch (the only one so far)")
+    p.add_argument("--backend", choices=BACKENDS, default="eager",
+                   help="eager: PyTorch; onnxruntime: each block (and the model) traced to ONNX and run by "
+                        "onnxruntime's CPU provider, as fairseq-prune-infer --backend onnxruntime runs it")
     p.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
     p.add_argument("--batch", type=_positive, default=1, help="utterances per call (default 1)")
     p.add_argument("--seconds", type=float, default=10.0, help="input length at 16 kHz (default 10)")
@@ -67,12 +115,22 @@ def device_name(threads: int) -> str:
     return f"{name} x {threads} thread{'s' if threads > 1 else ''}"
 
 
+def versions(backend: str) -> Dict[str, str]:
+    out = {"torch": torch.__version__, "python": platform.python_version()}
+    if backend == "onnxruntime":
+        from ..onnx.runtime import import_onnxruntime
+
+        out["onnxruntime"] = import_onnxruntime().__version__
+    return out
+
+
 def grid(full: int, points: int, low: int) -> List[int]:
     """``points`` sizes from ``low`` to ``full``, evenly spaced, without repeats."""
     return sorted({low, full, *(low + round((full - low) * k / (points - 1)) for k in range(points))})
 
 
 def median_ms(fn: Callable[[], object], rounds: int) -> float:
+    """Median milliseconds of ``rounds`` calls after one warm-up."""
     with torch.inference_mode():
         fn()  # warm-up (allocations, kernel choice)
         times = []
@@ -100,32 +158,40 @@ def conv_block(shape: Wav2Vec2Shape, i: int, c_in: int, c_out: int) -> nn.Module
 def profile_blocks(shape: Wav2Vec2Shape, args) -> Dict:
     """The conv, attention and FFN grids (milliseconds)."""
     from ..modules.attention import PrunableSelfAttention
+    from ..onnx.export import feed_forward, self_attention
 
     samples = int(round(args.seconds * 16000))
     frames = [samples] + shape.conv_frames(samples)
     full = shape.sizes
+
+    def ms(module: nn.Module, x: torch.Tensor) -> float:
+        return median_ms(runner(module.eval(), {"x": x}, args.backend, args.threads), args.rounds)
+
     conv = []
     for i, c in enumerate(full.conv_channels):
         ins = [1] if i == 0 else grid(full.conv_channels[i - 1], args.grid, 1)
         outs = grid(c, args.grid, 1)
-        ms = [[median_ms(lambda b=conv_block(shape, i, ci, co), x=torch.randn(args.batch, ci, frames[i]): b(x),
-                         args.rounds) for co in outs] for ci in ins]
-        conv.append({"layer": i, "c_in": ins, "c_out": outs, "ms": ms})
+        conv.append({"layer": i, "c_in": ins, "c_out": outs,
+                     "ms": [[ms(conv_block(shape, i, ci, co), torch.randn(args.batch, ci, frames[i])) for co in outs]
+                            for ci in ins]})
     D, T = shape.embed_dim, frames[-1]
     x = torch.randn(T, args.batch, D)
     heads = grid(max(full.attention_heads), min(args.grid, max(full.attention_heads) + 1), 0)
-    attention = [median_ms(lambda a=PrunableSelfAttention(D, h, shape.head_dim).eval(): a(x), args.rounds)
-                 for h in heads]
+    attention = []
+    for h in heads:  # eager: the module's own forward, as the exported model runs it; ONNX: the graph's
+        attn = PrunableSelfAttention(D, h, shape.head_dim)
+        graph = _Block(lambda a, t: self_attention(a, t, None), attn)  # no padding
+        attention.append(ms(attn if args.backend == "eager" else graph, x))
     units = grid(max(full.ffn_units), args.grid, 0)
 
-    def ffn(u: int) -> Callable[[], object]:
-        if u == 0:
-            return lambda: torch.zeros(D) + x  # only fc2's bias is left
-        fc1, fc2 = nn.Linear(D, u), nn.Linear(u, D)
-        return lambda: fc2(nn.functional.gelu(fc1(x)))
+    def ffn(u: int) -> nn.Module:  # fc1 None: no unit left, only fc2's bias (as an exported layer)
+        layer = nn.Module()
+        layer.fc1 = nn.Linear(D, u) if u else None
+        layer.fc2, layer.activation_fn = nn.Linear(max(u, 1), D), nn.functional.gelu
+        return _Block(feed_forward, layer)
 
     return {"conv": conv, "attention": {"sizes": heads, "ms": attention},
-            "ffn": {"sizes": units, "ms": [median_ms(ffn(u), args.rounds) for u in units]}}
+            "ffn": {"sizes": units, "ms": [ms(ffn(u), x) for u in units]}}
 
 
 def main(args: argparse.Namespace) -> Dict:
@@ -143,11 +209,11 @@ def main(args: argparse.Namespace) -> Dict:
     table = {"format": FORMAT, "architecture": architecture_key(shape),
              "device": args.device_name or device_name(args.threads), "backend": args.backend,
              "threads": args.threads, "batch": args.batch, "seconds": args.seconds, "rounds": args.rounds,
-             "versions": {"torch": torch.__version__, "python": platform.python_version()},
+             "versions": versions(args.backend),
              "checkpoint": os.path.abspath(args.checkpoint)}
     table.update(profile_blocks(shape, args))
     audio = torch.randn(args.batch, int(round(args.seconds * 16000)))
-    table["dense_ms"] = median_ms(lambda: model(source=audio, padding_mask=None), args.rounds)
+    table["dense_ms"] = median_ms(model_runner(model, audio, args.backend, args.threads), args.rounds)
     blocks = float(sum(LatencyTable({**table, "rest_ms": 0.0}).blocks(shape.sizes).values()))
     # blocks timed alone can add up to more than the model (timer noise, caches warm for one block): then they are
     # scaled down to the model's time and nothing is left for the rest, so that no prediction goes negative
