@@ -20,7 +20,7 @@ import torch
 
 from ..cost import REFERENCE_SAMPLES, Wav2Vec2Shape, cost_breakdown, totals
 from ..latency import LatencyTable
-from .profile import model_runner
+from .profile import model_runner, run_command
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -213,13 +213,7 @@ def main(args: argparse.Namespace) -> List[Dict]:
 
 
 def cli_main() -> None:
-    from ..io.errors import PluginError
-
-    args = get_parser().parse_args()
-    try:
-        main(args)
-    except PluginError as e:
-        sys.exit(f"fairseq-prune-latency: error: {e}")
+    run_command(get_parser, main)
 
 
 if __name__ == "__main__":

@@ -229,14 +229,20 @@ def main(args: argparse.Namespace) -> Dict:
     return table
 
 
-def cli_main() -> None:
+def run_command(get_parser_fn: Callable[[], argparse.ArgumentParser], main_fn: Callable) -> None:
+    """Parse the command line and run ``main_fn``; a refusal (PluginError) ends with one ``PROG: error:`` line."""
     from ..io.errors import PluginError
 
-    args = get_parser().parse_args()
+    parser = get_parser_fn()
+    args = parser.parse_args()
     try:
-        main(args)
+        main_fn(args)
     except PluginError as e:
-        sys.exit(f"fairseq-prune-profile: error: {e}")
+        sys.exit(f"{parser.prog}: error: {e}")
+
+
+def cli_main() -> None:
+    run_command(get_parser, main)
 
 
 if __name__ == "__main__":
