@@ -13,7 +13,7 @@ from omegaconf import DictConfig, open_dict
 
 from ..layer_sizes import LayerSizes, is_gate_key
 from .errors import CheckpointError, load_error_line
-from .safe_output import new_temp_file
+from .safe_output import check_output, claim, commit, ignore_file_size_signal, new_temp_file, output_target, writing
 
 #: fairseq model names whose checkpoints ``model.w2v_path`` accepts: pre-training checkpoints of wav2vec2 and HuBERT,
 #: fine-tuned CTC ones (``wav2vec2_ctc_pruning``: one without gates, i.e. trained with the dense recipe or written by
@@ -171,33 +171,41 @@ def new_file_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_outputs(paths: Sequence[str], suffixes: Optional[Sequence[str]] = None) -> Iterator[List[str]]:
-    """Yields one temporary path per output, in the output's folder (made if missing; named by
-    :func:`~fairseq_prune.io.safe_output.new_temp_file`, ending in ``suffixes`` or the output's extension), to write
-    to. When the block succeeds every file gets the permissions ``open()`` would give and is renamed to its
-    output; when it fails every temporary file is removed, and when a rename fails the outputs already renamed
-    are removed too: a reader never sees a half-written file, and the outputs appear together or not at all."""
+def atomic_outputs(paths: Sequence[str], suffixes: Optional[Sequence[str]] = None,
+                   force: bool = True) -> Iterator[List[str]]:
+    """Yields one temporary path per output to write to, in the folder of the file it becomes (made if missing;
+    for a symlink, its target's: the link stays a link), named by :func:`~fairseq_prune.io.safe_output.new_temp_file`
+    and ending in ``suffixes`` or the output's extension. The one output rule of :mod:`~fairseq_prune.io.safe_output`
+    holds: each output is claimed for the block (a second writer refuses) and checked again when it is committed
+    (no FIFO, device or socket is ever replaced; without ``force``, no file that appeared meanwhile). When the
+    block succeeds every file gets the permissions ``open()`` would give and is committed; when it fails every
+    temporary file is removed, and when a commit fails the outputs already committed are removed too: a reader
+    never sees a half-written file, and the outputs appear together or not at all."""
     suffixes = suffixes or [os.path.splitext(p)[1] for p in paths]
+    ignore_file_size_signal()
+    folders = [os.path.dirname(os.path.abspath(output_target(p, "the output"))) for p in paths]
     tmps: List[str] = []
-    renamed: List[str] = []
     made: List[str] = []  # folders this call created, removed again (when empty) on failure
     try:
-        for path, suffix in zip(paths, suffixes):
-            folder = os.path.dirname(os.path.abspath(path))
+        for folder in folders:
             made.extend(_make_folders(folder))
-            tmps.append(new_temp_file(folder, suffix))
-        yield tmps
-        mode = new_file_mode()
-        for tmp, path in zip(tmps, paths):
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-            renamed.append(path)
+        with claim(paths):
+            committed: List[str] = []
+            try:
+                tmps.extend(new_temp_file(folder, suffix) for folder, suffix in zip(folders, suffixes))
+                yield tmps
+                mode = new_file_mode()
+                for tmp, path in zip(tmps, paths):
+                    os.chmod(tmp, mode)
+                    committed.append(commit(tmp, path, force))
+            except BaseException:
+                for target in committed:  # still claimed: no other run can have put its file there
+                    with contextlib.suppress(OSError):
+                        os.remove(target)
+                raise
     except BaseException:
-        for path in renamed:
-            with contextlib.suppress(OSError):
-                os.remove(path)
         _remove_temps(tmps)
-        for folder in reversed(made):
+        for folder in reversed(made):  # after the lock files beside the outputs are gone
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
         raise
@@ -223,15 +231,16 @@ def _remove_temps(tmps: List[str]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str, suffix: str) -> Iterator[str]:
+def atomic_output(path: str, suffix: str, force: bool = True) -> Iterator[str]:
     """:func:`atomic_outputs` of one file: yields the temporary path to write ``path`` to."""
-    with atomic_outputs([path], [suffix]) as (tmp,):
+    with atomic_outputs([path], [suffix], force) as (tmp,):
         yield tmp
 
 
 def save_atomic(obj: Any, path: str, force: bool = False) -> None:
-    """``torch.save`` through :func:`atomic_output`; an existing file is only replaced when ``force`` is set."""
-    if os.path.exists(path) and not force:
-        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
-    with atomic_output(path, ".pt") as tmp:
+    """``torch.save`` through :func:`atomic_output`, under the one output rule: an existing file is only replaced
+    when ``force`` is set (never a FIFO or a device; a symlink is written through); a write that fails (a full
+    disk, ``ulimit -f``) is one :class:`~fairseq_prune.io.safe_output.OutputError` line, and the old file stays."""
+    check_output(path, "the output", force)
+    with writing(path), atomic_output(path, ".pt", force) as tmp, writing(path, tmp):
         torch.save(obj, tmp)
