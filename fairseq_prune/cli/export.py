@@ -11,7 +11,7 @@ import torch
 from ..io.checkpoints import CheckpointError, atomic_outputs
 from ..export.prune import exported_state, load_gated, prune, target_dictionary
 from ..export.report import draw_architecture, format_table
-from ..io.safe_output import OutputError, Terminated, check_output, sigterm_raises, sweep_stale, writing
+from ..io.safe_output import OutputError, Terminated, check_output, claim, sigterm_raises, sweep_stale, writing
 
 logger = logging.getLogger("fairseq_prune.export")
 
@@ -24,14 +24,15 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="checkpoint trained with model wav2vec2_ctc_pruning and gates (e.g. checkpoint_best.pt)")
     p.add_argument("output", help="where to write the exported checkpoint")
-    p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT, --plot and --summary-json if they exist")
     p.add_argument(
         "--round-to", type=int, default=1, metavar="N",
         help="keep conv channels and FFN units in multiples of N per structure (extra units are the closed ones "
         "with the largest log alpha, kept with weight 0: outputs do not change)",
     )
     p.add_argument("--plot", metavar="FILE.png", help="draw the pruned architecture per layer")
-    p.add_argument("--summary-json", metavar="FILE.json", help="also write the pruning summary as JSON")
+    p.add_argument("--summary-json", metavar="FILE.json",
+                   help="also write the pruning summary as JSON (-: to stdout, the table then goes to stderr)")
     p.add_argument(
         "--dictionary", metavar="DICT.txt",
         help="the model's dictionary, stored in OUTPUT so that decoding can check the one it is given (default: "
@@ -69,48 +70,57 @@ def save_json(obj: Dict, path: str) -> None:
 
 
 def check_outputs(args: argparse.Namespace) -> Dict[str, str]:
-    """The outputs asked for (option -> path), each checked before any work: see :func:`check_output`."""
+    """The outputs asked for (option -> path), each checked before any work: see :func:`check_output` (every one
+    needs ``--force`` to replace a file; ``--summary-json -`` streams to stdout)."""
     outputs = {"OUTPUT": args.output, "--plot": args.plot, "--summary-json": args.summary_json}
     outputs = {what: path for what, path in outputs.items() if path}
     seen: Dict[str, str] = {}
     for what, path in outputs.items():
-        other = seen.setdefault(os.path.realpath(path), what)
+        target = check_output(path, what, force=args.force, stream=what == "--summary-json")
+        if target == "-":
+            continue
+        other = seen.setdefault(os.path.realpath(target), what)
         if other != what:
             raise OutputError(f"{path}: {other} and {what} name the same file")
-        check_output(path, what, force=args.force or what != "OUTPUT")
         if what == "--plot":
             plot_format(path)
-        sweep_stale(os.path.dirname(os.path.abspath(path)))
+        sweep_stale(os.path.dirname(os.path.abspath(target)))
     return outputs
 
 
-def write_outputs(outputs: Dict[str, str], new_state: Dict) -> None:
-    """The exported checkpoint, the plot and the summary: all of them, or (when one fails) none."""
+def write_outputs(outputs: Dict[str, str], new_state: Dict, force: bool = True) -> None:
+    """The exported checkpoint, the plot and the summary: all of them, or (when one fails) none; a summary to
+    ``-`` is printed to stdout once the files are in place."""
     summary = new_state["pruning_summary"]
-    paths = list(outputs.values())
-    with writing(", ".join(paths)), atomic_outputs(paths) as tmps:
-        for (what, path), tmp in zip(outputs.items(), tmps):
-            with writing(path):
+    files = {what: path for what, path in outputs.items() if path != "-"}
+    paths = list(files.values())
+    with writing(", ".join(paths)), atomic_outputs(paths, force=force) as tmps:
+        for (what, path), tmp in zip(files.items(), tmps):
+            with writing(path, tmp):
                 if what == "OUTPUT":
                     torch.save(new_state, tmp)
                 elif what == "--plot":
                     save_plot(summary, tmp, plot_format(path))
                 else:
                     save_json(summary, tmp)
+    if len(files) < len(outputs):
+        print(json.dumps(summary, indent=2), flush=True)
 
 
 def main(args: argparse.Namespace) -> Dict:
     if args.round_to < 1:
         raise ValueError(f"--round-to must be >= 1, got {args.round_to}")
     outputs = check_outputs(args)
-    state, model = load_gated(args.input)
-    dictionary = target_dictionary(state, model.w2v_encoder.proj.out_features, args.dictionary)
-    result = prune(model, state["cfg"].model, round_to=args.round_to)
-    new_state = exported_state(state, result, os.path.abspath(args.input), dictionary)
-    write_outputs(outputs, new_state)
-    print(format_table(result))
+    with claim(outputs.values()):  # from the checks to the commit: a second export of these files refuses
+        state, model = load_gated(args.input)
+        dictionary = target_dictionary(state, model.w2v_encoder.proj.out_features, args.dictionary)
+        result = prune(model, state["cfg"].model, round_to=args.round_to)
+        new_state = exported_state(state, result, os.path.abspath(args.input), dictionary)
+        report = sys.stderr if args.summary_json == "-" else sys.stdout  # stdout holds the JSON alone
+        write_outputs(outputs, new_state, force=args.force)
+    print(format_table(result), file=report)
     n = sum(p.numel() for p in result.model.parameters())
-    print(f"wrote {args.output}: {n / 1e6:.3f}M parameters")
+    print(f"wrote {args.output}: {n / 1e6:.3f}M parameters", file=report)
     return new_state["pruning_summary"]
 
 
