@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from omegaconf import OmegaConf
 
 from ..io.checkpoints import CheckpointError, atomic_output, model_name, read_checkpoint
+from ..io.safe_output import OutputError, check_output, claim, sweep_stale, writing
 from ..layer_sizes import is_gate_key
 from ..onnx.export import CHECK_TOLERANCE, OPSET, OnnxExportError, OnnxSpec, check_onnx, export_onnx
 from ..onnx.metadata import OnnxMetadata, OnnxModelError, dictionary_from_symbols, read_intents
@@ -55,14 +56,13 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def check_output_path(path: str, force: bool) -> None:
-    """Refuse before any work: an existing file without ``force``, a missing folder, a folder as the file."""
+    """Refuse before any work: a missing folder, then what :func:`~fairseq_prune.io.safe_output.check_output`
+    refuses (an existing file without ``force``, a folder, a FIFO or device, a folder that takes no new files)."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise OnnxModelError(f"{path}: folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise OnnxModelError(f"{path}: is a folder, not an ONNX file name")
-    if os.path.exists(path) and not force:
-        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    target = check_output(path, "OUTPUT", force)
+    sweep_stale(os.path.dirname(os.path.abspath(target)))
 
 
 def read_exportable(path: str) -> Dict[str, Any]:
@@ -140,12 +140,14 @@ def metadata(path: str, state: Dict[str, Any], dictionary, dict_file: str, label
     )
 
 
-def convert(model, meta: OnnxMetadata, spec: OnnxSpec, output: str, opset: int = OPSET) -> Tuple[float, List]:
-    """Export, write to a temporary file next to ``output``, check it with onnxruntime, then rename: returns
-    (max abs difference, batches checked). On any failure nothing is left behind."""
+def convert(model, meta: OnnxMetadata, spec: OnnxSpec, output: str, opset: int = OPSET,
+            force: bool = True) -> Tuple[float, List]:
+    """Export, write to a temporary file next to ``output``, check it with onnxruntime, then commit (without
+    ``force``, never over a file that appeared meanwhile): returns (max abs difference, batches checked). On any
+    failure nothing is left behind; a failed write (a full disk) is one line."""
     data = export_onnx(model, spec, meta.to_props(), opset=opset)
-    with atomic_output(output, ".onnx") as tmp:
-        with open(tmp, "wb") as f:
+    with writing(output), atomic_output(output, ".onnx", force) as tmp:
+        with writing(output, tmp), open(tmp, "wb") as f:
             f.write(data)
         report = check_onnx(tmp, model, spec)
     return report.max_abs_diff, report.batches
@@ -154,6 +156,12 @@ def convert(model, meta: OnnxMetadata, spec: OnnxSpec, output: str, opset: int =
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     """Convert as ``args`` say; print what was written and the check; return both."""
     check_output_path(args.output, args.force)
+    with claim([args.output]):  # from the check to the commit: a second writer of OUTPUT refuses
+        return convert_checkpoint(args)
+
+
+def convert_checkpoint(args: argparse.Namespace) -> Dict[str, Any]:
+    """:func:`main` once OUTPUT is checked and claimed."""
     import_onnxruntime()
     import onnx  # noqa: F401  (the extra installs both)
 
@@ -164,7 +172,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     model = build_model(args.checkpoint, state, dictionary)
     spec = OnnxSpec(log_probs=args.scores == "log-probs", padding_mask_input=not args.no_padding_mask)
     meta = metadata(args.checkpoint, state, dictionary, dict_file, labels, spec)
-    diff, batches = convert(model, meta, spec, args.output, args.opset)
+    diff, batches = convert(model, meta, spec, args.output, args.opset, args.force)
     inputs = "source (batch, samples) float32"
     if not args.no_padding_mask:
         inputs += ", padding_mask (batch, samples) bool"
@@ -185,7 +193,7 @@ def cli_main(argv: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(argv)
     try:
         main(args)
-    except (CheckpointError, OnnxExportError, OnnxModelError, FileExistsError) as e:
+    except (CheckpointError, OnnxExportError, OnnxModelError, OutputError, FileExistsError) as e:
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"fairseq-prune-onnx: error: {message}", file=sys.stderr)
         sys.exit(2)
