@@ -20,7 +20,7 @@ from ..inference.decoding import BeamOptions
 from ..inference.config import POST_PROCESS_CHOICES, InferenceConfig
 from ..inference.loop import Backend, read_pytorch_model, run_inference
 from ..inference.scoring import summary_line
-from ..io.safe_output import Terminated, sigterm_raises
+from ..io.safe_output import OutputError, Terminated, sigterm_raises
 
 logger = logging.getLogger("fairseq_prune.infer")
 
@@ -154,7 +154,7 @@ def cli_main(argv: Optional[List[str]] = None) -> None:
     try:
         with sigterm_raises():  # the result files' temporary files are removed on SIGTERM too
             main(args)
-    except InferenceError as e:
+    except (InferenceError, OutputError) as e:  # OutputError: a result file could not be written (a full disk)
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line
         parser.exit(2, f"fairseq-prune-infer: error: {message}\n")
     except Terminated as e:

@@ -5,6 +5,7 @@ from typing import Optional
 
 from .inputs import InferenceError, check_file
 from .decoding import BeamOptions, import_ctc_decoder
+from .results import check_result_files
 from ..io.safe_output import OutputError, check_output_folder, sweep_stale
 
 #: values accepted by fairseq's ``post_process``
@@ -34,13 +35,15 @@ class InferenceConfig:
 
 
 def check_options(cfg: InferenceConfig) -> None:
-    """What can be checked before anything is loaded: batching, the results folder (temporary files that killed
-    runs left in it are removed), the LM files and the beam-search package."""
+    """What can be checked before anything is loaded: batching, the results folder and the result files in it
+    (temporary files and lock files that killed runs left there are removed), the LM files and the beam-search
+    package."""
     if cfg.max_tokens is None and cfg.batch_size is None:
         raise InferenceError("give --max-tokens or --batch-size")
     if cfg.results_path is not None:
         try:
             check_output_folder(cfg.results_path, "--results-path")
+            check_result_files(cfg.results_path)
         except OutputError as e:
             raise InferenceError(str(e)) from e
         sweep_stale(cfg.results_path)
