@@ -4,7 +4,6 @@ input is one clear line and writes nothing."""
 import os
 import shutil
 import stat
-import sys
 
 import numpy as np
 import pytest
@@ -227,6 +226,17 @@ def test_bad_input_one_clear_error(case, tmp_path, exported, gated, corpus, monk
     for part in expected:
         assert part in err[0], (part, err[0])
     assert sorted(os.listdir(out)) == ["exists.onnx"] and (out / "exists.onnx").read_bytes() == b"keep me"
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module, loaded from its file (benchmarks/ is not a package)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.slow
