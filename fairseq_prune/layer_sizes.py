@@ -55,6 +55,18 @@ def parse_conv_layers(spec: str) -> List[Tuple[int, int, int]]:
     return layers
 
 
+def receptive_field(layers: List[Tuple[int, int, int]]) -> int:
+    """The audio samples one output frame of fairseq's conv feature extractor sees, for ``(dim, kernel, stride)``
+    per layer (:func:`parse_conv_layers`): 1 + the sum over layers of (kernel - 1) x the strides before it; 400
+    for wav2vec2's ``[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2``. Shorter audio gives no frame: the
+    convolutions fail on it, or, padded in a batch, it is decoded from padding."""
+    samples, jump = 1, 1
+    for _, kernel, stride in layers:
+        samples += (kernel - 1) * jump
+        jump *= stride
+    return samples
+
+
 @dataclass(frozen=True)
 class LayerSizes:
     """Units per prunable structure, per layer.

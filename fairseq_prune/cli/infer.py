@@ -21,6 +21,7 @@ from ..inference.config import POST_PROCESS_CHOICES, InferenceConfig
 from ..inference.loop import Backend, read_pytorch_model, run_inference
 from ..inference.scoring import summary_line
 from ..io.safe_output import OutputError, Terminated, sigterm_raises
+from .arguments import bounded_int
 
 logger = logging.getLogger("fairseq_prune.infer")
 
@@ -53,10 +54,11 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Batching, device, backend, post-processing and output verbosity."""
-    p.add_argument("--max-tokens", type=int, default=3000000,
+    p.add_argument("--max-tokens", type=bounded_int(0, note="0: no limit"), default=3000000,
                    help="max audio samples per batch, padding included; 0: no limit (default: %(default)s, as "
                    "fairseq's infer.yaml)")
-    p.add_argument("--batch-size", type=int, default=None, help="max utterances per batch (default: no limit)")
+    p.add_argument("--batch-size", type=bounded_int(1), default=None,
+                   help="max utterances per batch (default: no limit)")
     p.add_argument("--cpu", action="store_true", help="decode on CPU even when a GPU is available")
     p.add_argument("--backend", choices=("pytorch", "onnxruntime"), default="pytorch",
                    help="what runs the model: PyTorch (a checkpoint) or onnxruntime on CPU (an ONNX model from "
@@ -65,7 +67,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="units -> words (default: the checkpoint's criterion.post_process, else letter)")
     p.add_argument("--seed", type=int, default=1,
                    help="seed of the batch order among equally long utterances (default: %(default)s, fairseq's)")
-    p.add_argument("--num-workers", type=int, default=1, help="data loading processes (default: %(default)s)")
+    p.add_argument("--num-workers", type=bounded_int(0, note="0: in the main process"), default=1,
+                   help="data loading processes (default: %(default)s)")
+    p.add_argument("--skip-bad-audio", action="store_true",
+                   help="skip utterances that cannot be decoded (NaN or infinite samples, shorter than the model's "
+                   "receptive field) with a warning each and their count in summary.json (default: refuse the run)")
+    p.add_argument("--strict-labels", action="store_true",
+                   help="refuse label symbols the dictionary lacks (default: a warning; they become <unk>)")
     p.add_argument("--quiet", action="store_true", help="no per-utterance HYPO/REF lines and no progress bar")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -77,9 +85,9 @@ def add_lm_options(lm: argparse._ArgumentGroup) -> None:
                     "(default: kenlm when --kenlm-model is given, else viterbi)")
     lm.add_argument("--kenlm-model", default=None, help="KenLM language model (binary or ARPA) over words")
     lm.add_argument("--lexicon", default=None, help="lexicon: a word, then its spelling in model units, per line")
-    lm.add_argument("--beam", type=int, default=5, help="beam size (default: %(default)s)")
+    lm.add_argument("--beam", type=bounded_int(1), default=5, help="beam size (default: %(default)s)")
     lm.add_argument("--beam-threshold", type=float, default=50.0, help="beam score threshold (default: %(default)s)")
-    lm.add_argument("--beam-size-token", type=int, default=None,
+    lm.add_argument("--beam-size-token", type=bounded_int(1), default=None,
                     help="tokens considered per frame (default: all)")
     lm.add_argument("--lm-weight", type=float, default=2.0, help="language model weight (default: %(default)s)")
     lm.add_argument("--word-score", type=float, default=-1.0, help="word insertion score (default: %(default)s)")

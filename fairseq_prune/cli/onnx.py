@@ -21,10 +21,12 @@ from omegaconf import OmegaConf
 
 from ..io.checkpoints import CheckpointError, atomic_output, model_name, read_checkpoint
 from ..io.safe_output import OutputError, check_output, claim, sweep_stale, writing
-from ..layer_sizes import is_gate_key
-from ..onnx.export import CHECK_TOLERANCE, OPSET, OnnxExportError, OnnxSpec, check_onnx, export_onnx
+from ..layer_sizes import is_gate_key, parse_conv_layers
+from ..onnx.export import (CHECK_TOLERANCE, MIN_OPSET, OPSET, OnnxExportError, OnnxSpec, check_onnx, export_onnx,
+                            max_opset)
 from ..onnx.metadata import OnnxMetadata, OnnxModelError, dictionary_from_symbols, read_intents
 from ..onnx.runtime import import_onnxruntime
+from .arguments import bounded_int
 
 logger = logging.getLogger("fairseq_prune.onnx")
 
@@ -50,7 +52,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="what the first output holds (default: %(default)s)")
     p.add_argument("--no-padding-mask", action="store_true",
                    help="no padding_mask input: every utterance of a batch must then have the same length")
-    p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--opset", type=bounded_int(MIN_OPSET, max_opset()), default=OPSET,
+                   help=f"ONNX opset, {MIN_OPSET} to {max_opset()} (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     return p
 
@@ -137,6 +140,7 @@ def metadata(path: str, state: Dict[str, Any], dictionary, dict_file: str, label
         sample_rate=int(cfg.task.get("sample_rate", None) or 16000),
         normalize=bool(cfg.task.get("normalize", False)),
         fairseq_task=OmegaConf.to_container(cfg.task, resolve=True, enum_to_str=True),
+        conv_layers=[list(layer) for layer in parse_conv_layers(cfg.model.w2v_args.model.conv_feature_layers)],
     )
 
 

@@ -32,6 +32,11 @@ class InferenceConfig:
     progress: bool = True
     #: ``pytorch``, or ``onnxruntime`` for a model written by fairseq-prune-onnx (``path`` is then the .onnx file)
     backend: str = "pytorch"
+    #: skip (with a warning each) utterances that cannot be decoded (NaN/inf samples, shorter than the model's
+    #: receptive field) instead of refusing the run; their count goes to summary.json
+    skip_bad_audio: bool = False
+    #: refuse label symbols that the dictionary lacks (otherwise: a warning; they become <unk>)
+    strict_labels: bool = False
 
 
 def check_options(cfg: InferenceConfig) -> None:

@@ -6,12 +6,16 @@ file (and the manifest line) instead of a traceback or a silently wrong result:
   reads, its sample rate is the model's and its length is the manifest's (a truncated WAV reads without error,
   only shorter); a multi-channel file whose mix-down (fairseq averages the channels) is far quieter than its
   channels, e.g. channels in opposite phase that cancel out, is named in a warning;
-* audio that fails only when it is decoded (a truncated FLAC): :class:`ReadErrorsReported` carries the failure
-  to the main process with the item's index, and :func:`raise_read_error` names the file and its manifest line;
-* the manifest's dictionary against the one stored in an exported model (:func:`check_dictionary`): a
-  dictionary of the right size with symbols in another order would otherwise decode without any error.
+* audio that fails only when it is read for decoding: :class:`ReadErrorsReported`, the dataset wrapper every
+  backend reads utterances through, carries a failed read (a truncated FLAC) and audio that cannot be decoded
+  (NaN or infinite samples; fewer samples than the model's receptive field, which would be decoded from padding
+  in a batch or fail in the convolutions alone) to the main process with the item's index; :func:`bad_audio`
+  names the file and its manifest line, refusing it or, under ``--skip-bad-audio``, skipping it with a warning;
+* the labels against the dictionary (:func:`check_labels`): a symbol the dictionary lacks becomes ``<unk>``;
+* ``--max-tokens`` against the longest utterance (:func:`check_max_tokens`).
+
+The dictionary's checks against the model are :mod:`.dictionary`'s.
 """
-import itertools
 import logging
 import math
 import os
@@ -29,6 +33,8 @@ logger = logging.getLogger(__name__)
 #: (uncorrelated channels: 3 dB; identical ones: 0 dB; channels in exact opposite phase: silence)
 MIXDOWN_WARNING_DB = 20.0
 _READ_ERROR = "audio_read_error"
+#: the batch key under which :class:`ReadErrorsReported` lists ``(index, why)`` of utterances it left out
+BAD_AUDIO = "bad_audio"
 
 
 class InferenceError(PluginError):
@@ -170,20 +176,92 @@ def check_audio(tsv: str, sample_rate: int) -> List[AudioEntry]:
     return entries
 
 
+def check_max_tokens(max_tokens: Optional[int], entries: List[AudioEntry], tsv: str) -> None:
+    """Every utterance must fit in a batch of ``--max-tokens`` samples (fairseq's batching stops with a
+    traceback on the first that does not)."""
+    longest = max(entries, key=lambda e: e.size, default=None)
+    if max_tokens and longest is not None and longest.size > max_tokens:
+        raise InferenceError(f"{tsv}:{longest.line}: {longest.path}: {longest.size} samples do not fit in a batch of "
+                             f"--max-tokens {max_tokens}; give --max-tokens {longest.size} or more (0: no limit)")
+
+
+def check_labels(label_file: str, dictionary: Any, strict: bool = False) -> int:
+    """Label symbols that ``dictionary`` (the one the model decodes with) lacks become ``<unk>`` in the
+    references (fairseq's label encoder): one warning naming the first one's ``file:line`` and the count, or
+    (``strict``, ``--strict-labels``) an :class:`InferenceError`. Returns the count."""
+    count, lines, first = 0, 0, None
+    try:
+        with open(label_file, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                unknown = [s for s in line.split() if s not in dictionary.indices]
+                if unknown:
+                    count, lines = count + len(unknown), lines + 1
+                    first = first or (lineno, unknown[0])
+    except UnicodeDecodeError as e:
+        raise InferenceError(f"{label_file}: not UTF-8 text ({e})") from e
+    if not count:
+        return 0
+    message = (f"{label_file}:{first[0]}: {first[1]!r} is not in the model's dictionary ({len(dictionary)} "
+               f"symbols); {count} label symbol(s) on {lines} line(s) are not, and become <unk> in ref.word")
+    if strict:
+        raise InferenceError(f"{message} (--strict-labels)")
+    logger.warning("%s; scores count them as errors", message)
+    return count
+
+
+def audio_problem(source: Any, min_samples: int) -> Optional[str]:
+    """Why an utterance's samples (a 1-D tensor, as the dataset returns them) cannot be decoded, or ``None``."""
+    import torch
+
+    if source.numel() < min_samples:
+        return (f"{source.numel()} samples, fewer than the {min_samples} the model's convolutions need for one "
+                "output frame (its receptive field)")
+    if not bool(torch.isfinite(source).all()):
+        return f"holds NaN or infinite samples ({int((~torch.isfinite(source)).sum())} of {source.numel()})"
+    return None
+
+
 class ReadErrorsReported(BaseWrapperDataset):
-    """An audio dataset whose failed reads become part of the batch instead of exceptions: raised in a
-    data-loading worker, an exception would reach the main process as a multi-line traceback without the index of
-    the item that failed."""
+    """An audio dataset whose failed reads and undecodable utterances (:func:`audio_problem`) become part of the
+    batch instead of exceptions or silent results: raised in a data-loading worker, an exception would reach the
+    main process as a multi-line traceback without the index of the item that failed. A batch keeps the
+    utterances that can be decoded; the others are listed under :data:`BAD_AUDIO`."""
+
+    def __init__(self, dataset, min_samples: int = 1) -> None:
+        super().__init__(dataset)
+        self.min_samples = max(1, int(min_samples))
 
     def __getitem__(self, index):
         try:
-            return self.dataset[index]
+            item = self.dataset[index]
         except Exception as e:  # fairseq's reader raises a bare Exception after its retries
             return {"id": index, "source": None, _READ_ERROR: f"{type(e).__name__}: {e}"}
+        problem = audio_problem(item["source"], self.min_samples)
+        return item if problem is None else {"id": index, "source": None, BAD_AUDIO: problem}
 
     def collater(self, samples):
         failed = [(s["id"], s[_READ_ERROR]) for s in samples if _READ_ERROR in s]
-        return {_READ_ERROR: failed} if failed else self.dataset.collater(samples)
+        if failed:
+            return {_READ_ERROR: failed}
+        bad = [(s["id"], s[BAD_AUDIO]) for s in samples if BAD_AUDIO in s]
+        batch = self.dataset.collater([s for s in samples if BAD_AUDIO not in s])
+        if bad:
+            batch[BAD_AUDIO] = bad
+        return batch
+
+
+def bad_audio(batch: Dict[str, Any], entries: List[AudioEntry], tsv: str, skip: bool) -> List[str]:
+    """The utterances of ``batch`` that cannot be decoded, as ``tsv:line: path: why``: an :class:`InferenceError`
+    for the first, or (``skip``) a warning for each; returns them."""
+    lines = []
+    for index, problem in batch.get(BAD_AUDIO, []):
+        entry = entries[index]
+        where = f"{tsv}:{entry.line}: {entry.path}: {problem}"
+        if not skip:
+            raise InferenceError(f"{where}; not decoded (--skip-bad-audio skips such utterances with a warning)")
+        logger.warning("%s; skipped (--skip-bad-audio)", where)
+        lines.append(where)
+    return lines
 
 
 def raise_read_error(batch: Dict[str, Any], entries: List[AudioEntry], tsv: str) -> None:
@@ -199,31 +277,3 @@ def raise_read_error(batch: Dict[str, Any], entries: List[AudioEntry], tsv: str)
     except Exception as e:
         message = _error_text(e)
     raise InferenceError(f"{tsv}:{entry.line}: {entry.path}: cannot read audio ({message})")
-
-
-def _symbol(symbols: List[str], i: int) -> str:
-    return repr(symbols[i]) if i < len(symbols) else "missing"
-
-
-def check_dictionary(checkpoint: str, state: Dict[str, Any], dict_file: str) -> None:
-    """The dictionary ``dict_file`` must hold the symbols, in the order, that ``fairseq-prune-export`` stored in
-    the checkpoint (``target_dictionary``); checkpoints without them (older exports, training checkpoints,
-    fairseq's own) are not checked."""
-    stored = state.get("target_dictionary", None)
-    if not stored:
-        return
-    from fairseq.data import Dictionary
-
-    try:
-        given = list(Dictionary.load(dict_file).symbols)
-    except (ValueError, RuntimeError, UnicodeDecodeError) as e:
-        raise InferenceError(f"{dict_file}: not a fairseq dictionary ({e})") from e
-    model = list(stored["symbols"])
-    if given == model:
-        return
-    i = next(i for i, (a, b) in enumerate(itertools.zip_longest(given, model)) if a != b)
-    raise InferenceError(
-        f"{dict_file} is not the dictionary {checkpoint} was exported with ({stored.get('file')}): unit {i} is "
-        f"{_symbol(given, i)} in {dict_file} but {_symbol(model, i)} in the model's; decode with the model's "
-        "dictionary"
-    )

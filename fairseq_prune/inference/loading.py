@@ -3,7 +3,7 @@ for decoding (``make_generation_fast_``, eval mode, on CPU or CUDA) with its tas
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import torch
 from fairseq import checkpoint_utils
@@ -14,6 +14,7 @@ from fairseq.tasks.audio_finetuning import AudioFinetuningTask
 from omegaconf import open_dict
 
 from ..io.checkpoints import CheckpointError, model_name, read_checkpoint
+from ..layer_sizes import receptive_field
 from .inputs import InferenceError
 
 logger = logging.getLogger("fairseq_prune.inference")  # the name its log lines have always had
@@ -31,6 +32,8 @@ class LoadedModel:
     labels: str
     default_post_process: str
     device: str
+    #: the fewest audio samples that give one output frame (:func:`~fairseq_prune.layer_sizes.receptive_field`)
+    receptive_field: int = 1
 
 
 def _check_ctc_checkpoint(path: str, state: Dict[str, Any]) -> None:
@@ -108,4 +111,14 @@ def load_model(path: str, state: Dict[str, Any], data: str, labels: str, cpu: bo
     model.eval()
     if use_cuda:
         model.cuda()
-    return LoadedModel(path, model, task, cfg, name, labels, default_post, "cuda" if use_cuda else "cpu")
+    return LoadedModel(path, model, task, cfg, name, labels, default_post, "cuda" if use_cuda else "cpu",
+                       receptive_field(conv_layers(model)))
+
+
+def conv_layers(model: Any) -> List[Tuple[int, int, int]]:
+    """``(channels, kernel, stride)`` of each convolution of a wav2vec2 CTC model's feature extractor, in order:
+    read from the modules, so that every checkpoint kind (fairseq's, gated, exported, HuBERT read as wav2vec2)
+    gives what it computes."""
+    extractor = model.w2v_encoder.w2v_model.feature_extractor
+    return [(m.out_channels, m.kernel_size[0], m.stride[0]) for m in extractor.modules()
+            if isinstance(m, torch.nn.Conv1d)]

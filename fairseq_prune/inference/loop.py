@@ -8,15 +8,19 @@ import torch
 from fairseq import utils
 
 from .inputs import (
+    BAD_AUDIO,
     AudioEntry,
     InferenceError,
     Manifest,
     ReadErrorsReported,
+    bad_audio,
     check_audio,
-    check_dictionary,
+    check_labels,
     check_manifest,
+    check_max_tokens,
     raise_read_error,
 )
+from .dictionary import check_dictionary
 from .decoding import Decoder, KenLMBeamDecoder, ViterbiDecoder
 from .config import InferenceConfig, check_options
 from .loading import LoadedModel, checkpoint_labels, load_model, read_ctc_checkpoint
@@ -91,15 +95,18 @@ def read_pytorch_model(cfg: InferenceConfig) -> Tuple[Manifest, List[AudioEntry]
 
 
 def load_inputs(cfg: InferenceConfig, backend: Backend) -> Tuple[Manifest, List[AudioEntry], LoadedModel]:
-    """The backend's checks and model, then the subset (whose failed audio reads are reported with their manifest
+    """The backend's checks and model, the checks both backends share (batch limit, labels), then the subset,
+    read through :class:`ReadErrorsReported` (failed reads and undecodable audio are reported with their manifest
     line)."""
     manifest, entries, loaded = backend(cfg)
+    check_max_tokens(cfg.max_tokens, entries, manifest.tsv)
     task = loaded.task
+    check_labels(manifest.label_file, task.target_dictionary, cfg.strict_labels)
     try:
         task.load_dataset(cfg.gen_subset, task_cfg=loaded.cfg.task)
     except (AssertionError, OSError) as e:
         raise InferenceError(f"{manifest.tsv}: cannot load subset {cfg.gen_subset!r} ({type(e).__name__}: {e})") from e
-    task.datasets[cfg.gen_subset] = ReadErrorsReported(task.datasets[cfg.gen_subset])
+    task.datasets[cfg.gen_subset] = ReadErrorsReported(task.datasets[cfg.gen_subset], loaded.receptive_field)
     return manifest, entries, loaded
 
 
@@ -115,18 +122,22 @@ def decode_sample(loaded: LoadedModel, decoder: Decoder, post: str, sample: Dict
 
 
 def decode_batches(cfg: InferenceConfig, loaded: LoadedModel, decoder: Decoder, post: str, manifest: Manifest,
-                   entries: List[AudioEntry], writer: ResultWriter, log: Callable[[str], None]) -> Tuple[Scores, int]:
-    """Decode every batch of the subset, writing each utterance; returns the scores and the number of audio
-    samples decoded."""
+                   entries: List[AudioEntry], writer: ResultWriter,
+                   log: Callable[[str], None]) -> Tuple[Scores, int, List[str]]:
+    """Decode every batch of the subset, writing each utterance; returns the scores, the number of audio samples
+    decoded and the utterances skipped (``--skip-bad-audio``; otherwise the first that cannot be decoded stops
+    the run)."""
     from tqdm import tqdm
 
     task = loaded.task
     itr = batch_iterator(task, cfg.gen_subset, cfg.max_tokens, cfg.batch_size, cfg.seed, cfg.num_workers)
-    scores, samples = Scores(), 0
+    scores, samples, skipped = Scores(), 0, []
     with tqdm(total=len(task.dataset(cfg.gen_subset)), unit="utt", disable=not cfg.progress or cfg.quiet,
               file=sys.stderr, desc=f"decoding {cfg.gen_subset}") as bar:
         for sample in itr:
             raise_read_error(sample, entries, manifest.tsv)
+            skipped += bad_audio(sample, entries, manifest.tsv, cfg.skip_bad_audio)
+            bar.update(len(sample.get(BAD_AUDIO, [])))
             if "net_input" not in sample:
                 continue
             samples += audio_samples(sample["net_input"])
@@ -138,12 +149,12 @@ def decode_batches(cfg: InferenceConfig, loaded: LoadedModel, decoder: Decoder, 
                     log(f"HYPO: {utt.hyp_words}")
                     log(f"REF: {utt.ref_words}")
             bar.update(len(utterances))
-    return scores, samples
+    return scores, samples, skipped
 
 
-def check_all_decoded(scores: Scores, manifest: Manifest) -> None:
-    """Every utterance of the manifest was decoded (none was skipped by the dataset)."""
-    if scores.utterances != manifest.num_utterances:
+def check_all_decoded(scores: Scores, manifest: Manifest, skipped: List[str]) -> None:
+    """Every utterance of the manifest was decoded or skipped on purpose (none was left out by the dataset)."""
+    if scores.utterances + len(skipped) != manifest.num_utterances:
         raise InferenceError(
             f"{manifest.tsv}: decoded {scores.utterances} of {manifest.num_utterances} utterances "
             "(audio files skipped by the dataset?)"
@@ -167,9 +178,10 @@ def run_inference(cfg: InferenceConfig, log: Callable[[str], None] = lambda s: N
 
     with result_writer(cfg.results_path) as writer:
         t1 = time.perf_counter()
-        scores, samples = decode_batches(cfg, loaded, decoder, post, manifest, entries, writer, log)
+        scores, samples, skipped = decode_batches(cfg, loaded, decoder, post, manifest, entries, writer, log)
         wall = time.perf_counter() - t1
-        check_all_decoded(scores, manifest)
+        check_all_decoded(scores, manifest, skipped)
         summary = summary_dict(cfg, loaded, decoder.name, post, scores, samples / sample_rate, wall, load_seconds)
+        summary.update(skipped_utterances=len(skipped), skipped_audio=skipped)  # --skip-bad-audio
         writer.write_summary(summary)
     return summary

@@ -123,6 +123,8 @@ def _fmt(x: Optional[float]) -> str:
 def summary_line(summary: Dict[str, Any]) -> str:
     """The last line ``fairseq-prune-infer`` prints."""
     parts = [f"[{summary['gen_subset']}] {summary['utterances']} utterances"]
+    if summary.get("skipped_utterances"):
+        parts[0] += f" ({summary['skipped_utterances']} skipped: --skip-bad-audio)"
     if summary["intent_total"]:
         parts.append(
             f"WER {_fmt(summary['wer'])} ({summary['word_errors']}/{summary['ref_words']} words, intent token "

@@ -39,6 +39,17 @@ from ..io.errors import PluginError
 CHECK_TOLERANCE = 1e-4
 #: ONNX opset (LayerNormalization is an op from 17 on)
 OPSET = 17
+#: the oldest opset ``--opset`` accepts (the check passes from 11 on; 9 fails inside torch's exporter)
+MIN_OPSET = 13
+
+
+def max_opset() -> int:
+    """The newest opset torch's TorchScript exporter (``dynamo=False``) writes: 23 with torch 2.9-2.14."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+    except ImportError:  # a private module: a torch without it gets the opset every torch >= 2.3 writes
+        return 20
+    return int(ONNX_MAX_OPSET)
 #: the check's inputs, in samples: one batch each. 16000 and 8000 are multiples of the 320-sample frame stride of
 #: wav2vec2's CNN, 23457 and 13001 are not; the last batch is padded (with a padding-mask input only)
 CHECK_BATCHES: Tuple[Tuple[int, ...], ...] = ((16000,), (23457,), (8000, 8000), (20000, 13001, 6001))

@@ -17,6 +17,8 @@ Keys (all values are strings; lists and configs are JSON):
 ``sample_rate``             the audio rate the model expects (16000)
 ``normalize``               ``true`` when each utterance must be normalised to zero mean, unit variance first
 ``fairseq_task``            the checkpoint's task config (fairseq-prune-infer reads manifests with it)
+``conv_layers``             ``[channels, kernel, stride]`` of each convolution of the feature extractor: the model's
+                            receptive field, the shortest audio it decodes (optional: older files lack it)
 ==========================  ========================================================================================
 """
 import json
@@ -80,6 +82,7 @@ class OnnxMetadata:
     sample_rate: int = 16000
     normalize: bool = False
     fairseq_task: Dict[str, Any] = field(default_factory=dict)
+    conv_layers: List[List[int]] = field(default_factory=list)
 
     def dictionary(self) -> Dictionary:
         return dictionary_from_symbols(self.symbols, self.source)
@@ -105,6 +108,7 @@ class OnnxMetadata:
             "sample_rate": str(self.sample_rate),
             "normalize": str(self.normalize).lower(),
             "fairseq_task": json.dumps(self.fairseq_task),
+            "conv_layers": json.dumps(self.conv_layers),
         }
 
 
@@ -125,6 +129,7 @@ def read_metadata(props: Mapping[str, str], path: str) -> OnnxMetadata:
             sample_rate=int(props["sample_rate"]),
             normalize=props["normalize"] == "true",
             fairseq_task=json.loads(props["fairseq_task"]),
+            conv_layers=json.loads(props.get("conv_layers", "[]")),
         )
     except (KeyError, ValueError) as e:
         raise OnnxModelError(f"{path}: incomplete fairseq-prune metadata ({type(e).__name__}: {e})") from e

@@ -6,13 +6,18 @@
 * :func:`load_onnx_for_inference`: the ``--backend onnxruntime`` path of ``fairseq-prune-infer``: the same manifest,
   task, batching, decoders and result files as the PyTorch path, with the forward pass run by onnxruntime.
 """
+import logging
 import os
+import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from ..layer_sizes import receptive_field
 from .metadata import OnnxMetadata, OnnxModelError, read_metadata
+
+logger = logging.getLogger(__name__)
 
 
 def import_onnxruntime():
@@ -25,6 +30,19 @@ def import_onnxruntime():
             "pip install 'fairseq-prune[onnx]'"
         ) from e
     return onnxruntime
+
+
+def graph_conv_layers(path: str) -> List[Tuple[int, int, int]]:
+    """``(0, kernel, stride)`` of the feature extractor's convolutions in an ONNX file written by fairseq-prune-onnx
+    (torch's exporter names their nodes ``/conv_layers.N/...``)."""
+    import onnx
+
+    out = []
+    for node in onnx.load(path, load_external_data=False).graph.node:
+        if node.op_type == "Conv" and re.match(r"/conv_layers\.\d+/", node.name):
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            out.append((0, int(attrs["kernel_shape"][0]), int(attrs.get("strides", [1])[0])))
+    return out
 
 
 def ort_session(path: str, threads: int = 0):
@@ -62,6 +80,13 @@ class OnnxCtcModel:
     @property
     def has_padding_mask(self) -> bool:
         return self.meta.padding_mask_input
+
+    @property
+    def receptive_field(self) -> Optional[int]:
+        """The fewest samples that give one output frame, from the metadata's ``conv_layers``, else (files written
+        before it held them) from the graph's feature-extractor convolutions; ``None`` when neither says."""
+        layers = self.meta.conv_layers or graph_conv_layers(self.path)
+        return receptive_field(layers) if layers else None
 
     def emissions(self, source: np.ndarray, padding_mask: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         """``(B, T, V)`` CTC scores (what the metadata's ``output`` says: log-probs or logits) and ``(B,)`` valid
@@ -152,7 +177,8 @@ def read_onnx_model(cfg) -> Tuple[Any, List[Any], Any]:
     from fairseq import tasks
     from omegaconf import OmegaConf
 
-    from ..inference.inputs import InferenceError, check_audio, check_dictionary, check_manifest
+    from ..inference.dictionary import check_dictionary
+    from ..inference.inputs import InferenceError, check_audio, check_manifest
     from ..inference.loading import LoadedModel
 
     try:
@@ -169,6 +195,10 @@ def read_onnx_model(cfg) -> Tuple[Any, List[Any], Any]:
     entries = check_audio(manifest.tsv, model.meta.sample_rate)
     task_cfg = decoding_task_cfg(model.meta.fairseq_task, cfg.data, labels)
     task = tasks.setup_task(task_cfg)
+    field = model.receptive_field
+    if field is None:
+        logger.warning("%s: neither its metadata nor its graph gives the feature extractor's convolutions: audio "
+                       "shorter than the model's receptive field is not refused", cfg.path)
     loaded = LoadedModel(cfg.path, FairseqOnnxAdapter(model), task, OmegaConf.create({"task": task_cfg}),
-                         model.meta.model, labels, model.meta.post_process, "cpu")
+                         model.meta.model, labels, model.meta.post_process, "cpu", field or 1)
     return manifest, entries, loaded
