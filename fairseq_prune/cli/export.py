@@ -113,7 +113,7 @@ def main(args: argparse.Namespace) -> Dict:
     outputs = check_outputs(args)
     with claim(outputs.values()):  # from the checks to the commit: a second export of these files refuses
         state, model = load_gated(args.input)
-        dictionary = target_dictionary(state, model.w2v_encoder.proj.out_features, args.dictionary)
+        dictionary = target_dictionary(state, model.w2v_encoder.proj.out_features, args.dictionary, args.input)
         result = prune(model, state["cfg"].model, round_to=args.round_to)
         new_state = exported_state(state, result, os.path.abspath(args.input), dictionary)
         report = sys.stderr if args.summary_json == "-" else sys.stdout  # stdout holds the JSON alone

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from omegaconf import OmegaConf
 
 from ..io.checkpoints import CheckpointError, atomic_output, model_name, read_checkpoint
+from ..io.dictionaries import find_dictionary_file, looked_in, stored_symbols
 from ..io.safe_output import OutputError, check_output, claim, sweep_stale, writing
 from ..layer_sizes import is_gate_key, parse_conv_layers
 from ..onnx.export import (CHECK_TOLERANCE, MIN_OPSET, OPSET, OnnxExportError, OnnxSpec, check_onnx, export_onnx,
@@ -46,7 +47,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="the ONNX file to write (its folder must exist)")
     p.add_argument("--dict", dest="dict_file", default=None,
                    help="the model's dictionary (default: the one fairseq-prune-export stored in the checkpoint, "
-                   "else dict.{labels}.txt in its task.data folder); an intents.json next to it gives the intents")
+                   "else dict.{labels}.txt in its task.data folder or beside the checkpoint, else the one fairseq's "
+                   "trainer stored in it); an intents.json next to it gives the intents")
     p.add_argument("--labels", default=None, help="label extension (default: the checkpoint's task.labels, else ltr)")
     p.add_argument("--output", dest="scores", choices=("log-probs", "logits"), default="log-probs",
                    help="what the first output holds (default: %(default)s)")
@@ -85,26 +87,32 @@ def read_exportable(path: str) -> Dict[str, Any]:
 
 def model_dictionary(path: str, state: Dict[str, Any], given: Optional[str], labels: str) -> Tuple[Any, str]:
     """``(dictionary, its file)``: ``--dict``; else the one fairseq-prune-export stored in the checkpoint
-    (``target_dictionary``); else ``dict.{labels}.txt`` in the checkpoint's ``task.data`` folder."""
+    (``target_dictionary``); else ``dict.{labels}.txt`` in the checkpoint's ``task.data`` folder, else beside the
+    checkpoint; else the one fairseq's trainer stored (``task_state``). A file must hold the symbols the checkpoint
+    stores, if it stores any (:mod:`fairseq_prune.io.dictionaries`)."""
     from fairseq.data import Dictionary
 
-    stored = state.get("target_dictionary", None)
-    if given is not None:
-        if not os.path.isfile(given):
-            raise OnnxModelError(f"{given}: dictionary not found (--dict)")
-        dictionary = Dictionary.load(given)
-        if stored and list(stored["symbols"]) != dictionary.symbols:
-            raise OnnxModelError(f"{given}: not the dictionary {path} was exported with ({stored.get('file')}); "
-                                 "drop --dict to use the stored one")
-        return dictionary, given
-    if stored:
-        return dictionary_from_symbols(list(stored["symbols"]), path), str(stored.get("file") or path)
-    data = state["cfg"].task.get("data", None) or ""
-    guess = os.path.join(str(data), f"dict.{labels}.txt")
-    if not os.path.isfile(guess):
-        raise OnnxModelError(f"{path}: its task.data folder has no {os.path.basename(guess)} ({guess}); give the "
+    stored = stored_symbols(state)
+    exported = bool(state.get("target_dictionary", None))
+    if given is None and exported:
+        return dictionary_from_symbols(stored[0], path), stored[1]
+    if given is not None and not os.path.isfile(given):
+        raise OnnxModelError(f"{given}: dictionary not found (--dict)")
+    found, candidates = (given, [given]) if given else find_dictionary_file(path, state, labels)
+    if found is None:
+        if stored:
+            return dictionary_from_symbols(stored[0], path), f"{path} ({stored[1]})"
+        raise OnnxModelError(f"{path}: stores no dictionary and none was found ({looked_in(candidates)}); give the "
                              "model's dictionary with --dict")
-    return Dictionary.load(guess), guess
+    try:
+        dictionary = Dictionary.load(found)
+    except (ValueError, RuntimeError, UnicodeDecodeError) as err:
+        raise OnnxModelError(f"{found}: not a fairseq dictionary ({err})") from err
+    if stored and stored[0] != dictionary.symbols:
+        hint = "drop --dict to use the stored one" if given else "give the model's dictionary with --dict"
+        raise OnnxModelError(f"{found}: not the dictionary {path} was {'exported' if exported else 'trained'} with "
+                             f"({stored[1]}); {hint}")
+    return dictionary, found
 
 
 def build_model(path: str, state: Dict[str, Any], dictionary) -> Any:

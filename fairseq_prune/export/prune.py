@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..cost import REFERENCE_SAMPLES, cost_breakdown
 from ..io.checkpoints import CheckpointError, model_name, read_checkpoint
+from ..io.dictionaries import find_dictionary_file, looked_in, stored_symbols
 from ..layer_sizes import is_gate_key
 from ..models.wav2vec2_ctc_pruning import (
     PrunableWav2VecEncoder,
@@ -98,31 +99,38 @@ def prune(model: Wav2Vec2CtcPruning, model_cfg: DictConfig, round_to: int = 1) -
     return result
 
 
-def target_dictionary(state: Dict, vocab_size: int, path: Optional[str] = None) -> Optional[Dict]:
+def target_dictionary(state: Dict, vocab_size: int, path: Optional[str] = None,
+                      checkpoint: Optional[str] = None) -> Optional[Dict]:
     """The model's output units, to store in the exported checkpoint (``fairseq-prune-infer`` compares them with
-    the dictionary it is given): read from ``path``, by default the training run's ``dict.{labels}.txt``
-    (``None``, with a warning, when that file is gone)."""
+    the dictionary it is given): read from ``path``, by default the training run's ``dict.{labels}.txt`` (in its
+    ``task.data``, else beside ``checkpoint``: :mod:`fairseq_prune.io.dictionaries`), else the one fairseq's trainer
+    stored in the checkpoint (``None``, with a warning saying where it looked, when there is none)."""
     from fairseq.data import Dictionary
 
-    task = state["cfg"].task
-    default = os.path.join(str(task.get("data", None) or ""), f"dict.{task.get('labels', None) or 'ltr'}.txt")
-    if not os.path.isfile(path or default):
-        if path:
-            raise CheckpointError(f"{path}: no such dictionary file (--dictionary)")
-        logger.warning("%s not found: the exported model stores no dictionary, so decoding cannot check the one it "
-                       "is given (pass --dictionary FILE)", default)
+    labels = state["cfg"].task.get("labels", None) or "ltr"
+    trained = stored_symbols(state)
+    if path is not None and not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such dictionary file (--dictionary)")
+    found, candidates = (path, [path]) if path else find_dictionary_file(checkpoint, state, labels)
+    if found is None:
+        if trained:
+            return {"file": f"{checkpoint or 'the checkpoint'} ({trained[1]})", "symbols": trained[0]}
+        logger.warning("no dictionary found (%s): the exported model stores none, so decoding cannot check the one "
+                       "it is given (pass --dictionary FILE)", looked_in(candidates))
         return None
-    path = path or default
     try:
-        symbols = list(Dictionary.load(path).symbols)
+        symbols = list(Dictionary.load(found).symbols)
     except (ValueError, RuntimeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not a fairseq dictionary ({e})") from e
+        raise CheckpointError(f"{found}: not a fairseq dictionary ({e})") from e
     if len(symbols) != vocab_size:
         raise CheckpointError(
-            f"{path} has {len(symbols)} units (specials included) but the model's output layer has {vocab_size}: "
+            f"{found} has {len(symbols)} units (specials included) but the model's output layer has {vocab_size}: "
             "not the dictionary the model was trained with (pass it with --dictionary)"
         )
-    return {"file": os.path.abspath(path), "symbols": symbols}
+    if trained and trained[0] != symbols:
+        raise CheckpointError(f"{found}: not the dictionary the model was trained with ({trained[1]}: other symbols "
+                              "or order); pass that one with --dictionary")
+    return {"file": os.path.abspath(found), "symbols": symbols}
 
 
 def exported_state(state: Dict, result: ExportResult, source: str, dictionary: Optional[Dict] = None) -> Dict:
