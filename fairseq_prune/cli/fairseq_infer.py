@@ -40,6 +40,11 @@ launcher works around each problem at run time, without editing site-packages an
 5. ``torch.load`` refuses fairseq checkpoints under torch >= 2.6 (``weights_only``): importing ``fairseq_prune``
    registers the classes they pickle as safe globals (it also registers our model, task and criterion).
 
+Before any of it, the checkpoints ``common_eval.path`` names are read with the reader of the other commands
+(:func:`fairseq_prune.io.checkpoints.read_checkpoint`): a missing, empty, truncated or malicious one ends in one
+``fairseq_infer: error: ...`` line (exit 2) instead of hydra's "Error executing job" and a bare ``EOFError``, and
+nothing (no ``.hydra/``, no ``infer.log``) is left in the results folder.
+
 Everything else, from reading the manifest to writing ``hypo.word``/``wer``, is fairseq's code.
 """
 import contextlib
@@ -59,6 +64,7 @@ import fairseq
 import yaml
 
 import fairseq_prune
+from fairseq_prune.io.checkpoints import CheckpointError, read_checkpoint
 
 INFER_MODULE = "examples.speech_recognition.new.infer"
 SCHEMA_NAME = "_fairseq_infer_schema"
@@ -170,11 +176,36 @@ def write_config_dir(workdir: Path, default_results: str) -> Path:
     return conf
 
 
+def checkpoint_paths(argv: List[str]) -> List[str]:
+    """The checkpoints the hydra override ``common_eval.path=...`` names (an ensemble: several, split as
+    ``infer.py`` splits them)."""
+    from fairseq.utils import split_paths
+
+    paths: List[str] = []
+    for arg in argv:
+        key, sep, value = arg.lstrip("+").partition("=")
+        if sep and key == "common_eval.path" and value.strip("'\""):
+            paths += split_paths(value.strip("'\""))
+    return paths
+
+
+def check_checkpoints(argv: List[str]) -> None:
+    """Read every checkpoint of ``argv`` as the other commands do; one error line and exit 2 for a bad one."""
+    for path in checkpoint_paths(argv):
+        try:
+            read_checkpoint(path)
+        except CheckpointError as e:
+            print(f"fairseq_infer: error: {e} (common_eval.path)", file=sys.stderr)
+            sys.exit(2)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
-    """Run fairseq's ``infer.py`` with hydra overrides ``argv`` (default: ``sys.argv[1:]``)."""
+    """Run fairseq's ``infer.py`` with hydra overrides ``argv`` (default: ``sys.argv[1:]``), once the checkpoints
+    it names read."""
     import hydra
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    check_checkpoints(argv)
     with tempfile.TemporaryDirectory(prefix="fairseq-infer-") as tmp:
         workdir = Path(tmp)
         infer = import_fairseq_infer(workdir)
