@@ -2,9 +2,15 @@
 
 Importing the package registers its model, task and criterion with fairseq, and makes fairseq's resume fall back
 to the newest intact checkpoint when ``checkpoint_last.pt`` is damaged (:mod:`fairseq_prune.io.resume`).
+Run as one of its commands, it first hides the notices torch and fairseq print at start-up
+(:mod:`fairseq_prune.cli.startup`; ``--verbose`` or ``PYTHONWARNINGS`` shows them).
 """
-from .io import resume
-from .io.checkpoints import register_safe_globals
+from .cli.startup import quiet_start
+
+quiet_start()  # before fairseq is imported: its import prints two of them
+
+from .io import resume  # noqa: E402
+from .io.checkpoints import register_safe_globals  # noqa: E402
 
 register_safe_globals()
 resume.install()

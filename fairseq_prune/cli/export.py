@@ -12,6 +12,7 @@ from ..io.checkpoints import CheckpointError, atomic_outputs
 from ..export.prune import exported_state, load_gated, prune, target_dictionary
 from ..export.report import draw_architecture, format_table
 from ..io.safe_output import OutputError, Terminated, check_output, claim, sigterm_raises, sweep_stale, writing
+from .startup import add_verbose_option
 
 logger = logging.getLogger("fairseq_prune.export")
 
@@ -38,6 +39,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="the model's dictionary, stored in OUTPUT so that decoding can check the one it is given (default: "
         "dict.{labels}.txt of the training run's task.data)",
     )
+    add_verbose_option(p)
     return p
 
 

@@ -22,6 +22,7 @@ from ..inference.loop import Backend, read_pytorch_model, run_inference
 from ..inference.scoring import summary_line
 from ..io.safe_output import OutputError, Terminated, sigterm_raises
 from .arguments import bounded_int
+from .startup import add_verbose_option
 
 logger = logging.getLogger("fairseq_prune.infer")
 
@@ -76,6 +77,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="refuse label symbols the dictionary lacks (default: a warning; they become <unk>)")
     p.add_argument("--quiet", action="store_true", help="no per-utterance HYPO/REF lines and no progress bar")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_verbose_option(p)
 
 
 def add_lm_options(lm: argparse._ArgumentGroup) -> None:

@@ -28,6 +28,7 @@ from ..onnx.export import (CHECK_TOLERANCE, MIN_OPSET, OPSET, OnnxExportError, O
 from ..onnx.metadata import OnnxMetadata, OnnxModelError, dictionary_from_symbols, read_intents
 from ..onnx.runtime import import_onnxruntime
 from .arguments import bounded_int
+from .startup import add_verbose_option
 
 logger = logging.getLogger("fairseq_prune.onnx")
 
@@ -57,6 +58,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=bounded_int(MIN_OPSET, max_opset()), default=OPSET,
                    help=f"ONNX opset, {MIN_OPSET} to {max_opset()} (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    add_verbose_option(p)
     return p
 
 
