@@ -43,15 +43,17 @@ def train(corpus: str, method: str, manifest: str, save_dir: str, updates: int, 
     else:
         _fresh_save_dir(save_dir)
     lines = []
-    with popen(cmd, cwd=REPO, env=command_env(threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-               text=True) as p:
+    # each line is written as it comes: a run killed mid-way (end of a session) keeps its log for the resumed one
+    with open(os.path.join(save_dir, "train.log"), "a" if resume else "w") as f, \
+            popen(cmd, cwd=REPO, env=command_env(threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                  text=True) as p:
         for line in p.stdout:
             lines.append(line)
+            f.write(line)
+            f.flush()
             found = progress_line(line, updates)
             if found is not None:
                 log(f"{corpus}/{method} {found[0]}: {found[1]}")
-    with open(os.path.join(save_dir, "train.log"), "a" if resume else "w") as f:
-        f.writelines(lines)
     if p.returncode != 0:
         raise SystemExit(f"training failed ({p.returncode}): {' '.join(cmd)}\n{''.join(lines[-40:])}")
     return os.path.join(save_dir, "checkpoint_best.pt")

@@ -21,7 +21,7 @@ from .common import PRETRAINED_MODEL, REPO, log
 from .corpora import SUBSETS
 from .runner import decode, export, train
 from .study_files import (RowFiles, commit_files, git_head, held_out_problem, read_counts, record_invocation,
-                          set_aside_unreadable, validation_curve, write_counts)
+                          set_aside_unreadable, training_log, validation_curve, write_counts)
 from .study_plan import DENSE_MAX_UPDATES, METHODS, Row, overrides, protocol_rows, rows
 
 RESULTS = os.path.join(REPO, "docs", "results")
@@ -95,7 +95,7 @@ class Study:
         minutes = record_invocation(save, (time.time() - t0) / 60)
         files = self.files(row.name)
         subset = SUBSETS[row.corpus]["valid"]
-        curve = validation_curve(os.path.join(save, "train.log"), subset)
+        curve = validation_curve(training_log(save), subset)
         if row.dense:
             model, costs = self.ship_dense(row, best, curve, minutes)
         else:

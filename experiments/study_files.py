@@ -134,13 +134,38 @@ def set_aside_unreadable(save: str) -> None:
 
 
 def record_invocation(save: str, minutes: float) -> float:
-    """Add this invocation's minutes to the run's ``invocations.json``; returns the total over all of them."""
+    """Add this invocation's minutes to the run's ``invocations.json``; returns the run's minutes so far: the total
+    over the recorded invocations, or fairseq's own wall clock summed over the training invocations in its log
+    when that is more (an invocation killed by the end of a session records nothing here, but its log stays)."""
     path = os.path.join(save, "invocations.json")
     runs = json.load(open(path)) if os.path.exists(path) else []
     runs.append({"minutes": round(minutes, 1), "ended": time.strftime("%Y-%m-%d %H:%M")})
     with open(path, "w") as f:
         json.dump(runs, f, indent=1)
-    return round(sum(r["minutes"] for r in runs), 1)
+    return round(max(sum(r["minutes"] for r in runs), logged_wall_minutes(training_log(save))), 1)
+
+
+def training_log(save: str) -> str:
+    """The log of every training invocation of a run folder: hydra's own (``hydra/hydra_train.log``, appended by
+    each invocation as it runs), else the runner's ``train.log`` (which runs before December 7 wrote only when an
+    invocation ended, so a killed one left nothing there)."""
+    hydra = os.path.join(save, "hydra", "hydra_train.log")
+    return hydra if os.path.exists(hydra) else os.path.join(save, "train.log")
+
+
+def logged_wall_minutes(log_path: str) -> float:
+    """fairseq's ``wall`` seconds summed over the invocations a training log holds (it restarts from 0 when a run
+    resumes), in minutes; 0 without a log."""
+    if not os.path.exists(log_path):
+        return 0.0
+    total = last = 0.0
+    with open(log_path) as f:
+        for wall in re.findall(r'"wall": "(\d+(?:\.\d+)?)"', f.read()):
+            value = float(wall)
+            if value < last:  # a new invocation
+                total += last
+            last = value
+    return (total + last) / 60
 
 
 def git_head() -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import bootstrap, study, study_plan
+from experiments import bootstrap, study, study_files, study_plan
 from experiments.study_plan import Row
 from helpers import REPO, write_noise_corpus
 
@@ -171,7 +171,9 @@ def test_kill_9_mid_run_then_resume_from_checkpoint_last(tiny_study, tmp_path, s
         study.DENSE_MAX_UPDATES = before
     log = open(tmp_path / "work" / "runs" / "slurp_dense_s1" / "train.log").read()
     assert "Loaded checkpoint" in log  # resumed, not restarted
+    assert log.count("{'_name': None, 'common':") == 2  # the killed invocation's lines were kept, as they came
     assert result["updates"] == 40
+    assert result["minutes"] >= study_files.logged_wall_minutes(study_files.training_log(str(save))) - 0.05
 
 
 def test_paired_interval_uses_the_same_utterances():
