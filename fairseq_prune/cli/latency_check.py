@@ -21,6 +21,7 @@ import torch
 from ..cost import REFERENCE_SAMPLES, Wav2Vec2Shape, cost_breakdown, totals
 from ..latency import LatencyTable
 from .profile import model_runner, run_command
+from .startup import add_verbose_option
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--breakdown", action="store_true",
                    help="also time each part of each model (conv layers, attention, FFN, positional conv, layer "
                         "norms, output) and print where the time goes, dense beside exported")
+    add_verbose_option(p)
     return p
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..cost import Wav2Vec2Shape
 from ..latency import FORMAT, architecture_key
+from .startup import add_verbose_option
 
 BACKENDS = ("eager", "onnxruntime")
 
@@ -87,6 +88,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=_positive, default=5, help="timed calls per grid point (default 5)")
     p.add_argument("--device-name", help="the device string stored in the table (default: CPU model x threads)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT")
+    add_verbose_option(p)
     return p
 
 
