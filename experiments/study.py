@@ -21,7 +21,7 @@ from .common import PRETRAINED_MODEL, REPO, log
 from .corpora import SUBSETS
 from .runner import decode, export, train
 from .study_files import (RowFiles, commit_files, git_head, held_out_problem, read_counts, record_invocation,
-                          set_aside_unreadable, training_log, validation_curve, write_counts)
+                          set_aside_unreadable, trained_updates, training_log, validation_curve, write_counts)
 from .study_plan import DENSE_MAX_UPDATES, METHODS, Row, overrides, protocol_rows, rows
 
 RESULTS = os.path.join(REPO, "docs", "results")
@@ -90,8 +90,10 @@ class Study:
         recipe = METHODS[row.method][0]
         extra = overrides(row, updates, teacher)
         t0 = time.time()
-        best = train(row.corpus, recipe, self.manifests[row.corpus], save, updates, *extra,
-                     f"common.seed={row.seed}", threads=self.threads, start=self.start_model(row), resume=True)
+        best = os.path.join(save, "checkpoint_best.pt")
+        if trained_updates(save) < updates:  # fairseq resumed at its max_update still makes one more update
+            best = train(row.corpus, recipe, self.manifests[row.corpus], save, updates, *extra,
+                         f"common.seed={row.seed}", threads=self.threads, start=self.start_model(row), resume=True)
         minutes = record_invocation(save, (time.time() - t0) / 60)
         files = self.files(row.name)
         subset = SUBSETS[row.corpus]["valid"]

@@ -145,6 +145,16 @@ def record_invocation(save: str, minutes: float) -> float:
     return round(max(sum(r["minutes"] for r in runs), logged_wall_minutes(training_log(save))), 1)
 
 
+def trained_updates(save: str) -> int:
+    """The updates ``save/checkpoint_last.pt`` has made (0 without one): a run at its target is not resumed."""
+    last = os.path.join(save, "checkpoint_last.pt")
+    if not os.path.exists(last):
+        return 0
+    from fairseq_prune.io.checkpoints import read_checkpoint
+
+    return int(read_checkpoint(last)["optimizer_history"][-1]["num_updates"])
+
+
 def training_log(save: str) -> str:
     """The log of every training invocation of a run folder: hydra's own (``hydra/hydra_train.log``, appended by
     each invocation as it runs), else the runner's ``train.log`` (which runs before December 7 wrote only when an

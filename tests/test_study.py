@@ -174,6 +174,9 @@ def test_kill_9_mid_run_then_resume_from_checkpoint_last(tiny_study, tmp_path, s
     assert log.count("{'_name': None, 'common':") == 2  # the killed invocation's lines were kept, as they came
     assert result["updates"] == 40
     assert result["minutes"] >= study_files.logged_wall_minutes(study_files.training_log(str(save))) - 0.05
+    # run again at its target: not trained one update further (fairseq resumed at max_update still makes one)
+    again = row.run(Row("slurp", "dense", 1))
+    assert again["updates"] == 40 and study_files.trained_updates(str(save)) == 40
 
 
 def test_paired_interval_uses_the_same_utterances():
