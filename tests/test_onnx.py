@@ -185,7 +185,6 @@ def test_onnx_file_alone_transcribes_like_pytorch(tmp_path, exported, corpus):
 
 BAD = {
     # name: (arguments after the checkpoint, given the output folder and the corpus; parts of the one error line)
-    "missing folder": (lambda o, c: [str(o / "nowhere" / "m.onnx")], ["nowhere", "does not exist"]),
     "existing file": (lambda o, c: [str(o / "exists.onnx")], ["exists.onnx exists", "--force"]),
     "missing dict": (lambda o, c: [str(o / "m.onnx"), "--dict", str(o / "d.txt")], ["d.txt", "not found (--dict)"]),
     "other dict": (lambda o, c: [str(o / "m.onnx"), "--dict", _swapped_dict(c, o.parent)],
@@ -270,3 +269,20 @@ def test_base_size_pruned_model(tmp_path):
     ours = greedy_units(torch.from_numpy(scores), torch.from_numpy(frames), blank=0)
     theirs = greedy_units(ref, torch.isfinite(ref[..., 1]).sum(-1), blank=0)
     assert ours == theirs and all(len(u) > 10 for u in ours)
+
+
+def test_missing_folders_are_made_as_export_makes_them_and_removed_when_it_fails(tmp_path, exported, monkeypatch,
+                                                                                  capsys):
+    """fairseq-prune-onnx and fairseq-prune-export agree: OUTPUT's missing folders are created; a failed export
+    leaves none of them behind."""
+    import fairseq_prune.onnx.export as onnx_export
+
+    out = tmp_path / "a" / "b" / "m.onnx"
+    onnx_cli.cli_main([exported, str(out)])
+    assert out.is_file()
+    real = onnx_export.reference_emissions
+    monkeypatch.setattr(onnx_export, "reference_emissions", lambda *a, **k: real(*a, **k) + 1e-3)
+    with pytest.raises(SystemExit):
+        onnx_cli.cli_main([exported, str(tmp_path / "c" / "d" / "m.onnx")])
+    assert not (tmp_path / "c").exists()
+

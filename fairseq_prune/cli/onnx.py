@@ -63,13 +63,13 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def check_output_path(path: str, force: bool) -> None:
-    """Refuse before any work: a missing folder, then what :func:`~fairseq_prune.io.safe_output.check_output`
-    refuses (an existing file without ``force``, a folder, a FIFO or device, a folder that takes no new files)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OnnxModelError(f"{path}: folder {folder} does not exist")
+    """Refuse before any work what :func:`~fairseq_prune.io.safe_output.check_output` refuses (an existing file
+    without ``force``, a folder, a FIFO or device, a folder that takes no new files). Missing folders are made when
+    the file is written, as fairseq-prune-export makes them, and removed again if the export fails."""
     target = check_output(path, "OUTPUT", force)
-    sweep_stale(os.path.dirname(os.path.abspath(target)))
+    folder = os.path.dirname(os.path.abspath(target))
+    if os.path.isdir(folder):
+        sweep_stale(folder)
 
 
 def read_exportable(path: str) -> Dict[str, Any]:
