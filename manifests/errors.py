@@ -66,7 +66,18 @@ def _terminate_by_exception():
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)
+    done = False
     try:
         yield
+        done = True
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # a script whose output is complete only has to exit: the default action restored now would kill it
+        # between here and its exit (status -15 with a complete corpus); the signal stops nothing any more
+        finished = done and COMPLETED and previous == signal.SIG_DFL and _running_as_script()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if finished else previous)
+
+
+def _running_as_script() -> bool:
+    """Whether this process is one of the corpus scripts run as a program (not a caller that imported them)."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+    return os.path.dirname(os.path.abspath(main_file)) == os.path.dirname(os.path.abspath(__file__))
