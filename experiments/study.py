@@ -9,6 +9,11 @@ was interrupted (kill -9, end of a session) on the same machine.
 A row is done when ``study.json`` has it and its files read back; one whose files are missing or corrupt is
 reported with its path and run again, as is a run folder whose ``checkpoint_last.pt`` does not read (moved aside,
 never deleted). A row replaces any earlier row of the same name, so none counts twice.
+
+A dense row that stopped at an earlier, lower update cap rather than by its plateau rule is not done: it continues
+from its run folder's ``checkpoint_last.pt`` up to today's :data:`DENSE_MAX_UPDATES` (its committed row stays in
+``study.json`` until the continued one replaces it). Without that folder on this machine it stays as committed,
+and the log says so.
 """
 import json
 import os
@@ -21,7 +26,8 @@ from .common import PRETRAINED_MODEL, REPO, log
 from .corpora import SUBSETS
 from .runner import decode, export, train
 from .study_files import (RowFiles, commit_files, git_head, held_out_problem, read_counts, record_invocation,
-                          set_aside_unreadable, trained_updates, training_log, validation_curve, write_counts)
+                          set_aside_unreadable, stop_reason, trained_updates, training_log, validation_curve,
+                          write_counts)
 from .study_plan import DENSE_MAX_UPDATES, METHODS, Row, overrides, protocol_rows, rows
 
 RESULTS = os.path.join(REPO, "docs", "results")
@@ -40,14 +46,33 @@ class Study:
         self.path = os.path.join(results, "study.json")
         self.lock = threading.Lock()
         self.done: Dict[str, Dict] = {}
+        self.continued: Dict[str, Dict] = {}  # committed dense rows at an earlier cap, being trained further
         if os.path.exists(self.path):
             with open(self.path) as f:
                 for row in json.load(f)["rows"]:
                     problem = self.files(row["name"]).problem(row["method"] in ("dense", "small-dense"))
-                    if problem is None:
-                        self.done[row["name"]] = row
-                    else:
+                    if problem is not None:
                         log(f"study: row {row['name']} cannot be reused and runs again: {problem}")
+                    elif self.continues(row):
+                        self.continued[row["name"]] = row
+                    else:
+                        self.done[row["name"]] = row
+
+    def continues(self, row: Dict) -> bool:
+        """Whether a committed dense row trains further: it stopped at a cap below today's and not by its
+        plateau rule, and its run folder (``checkpoint_last.pt``) is on this machine."""
+        if row["method"] not in ("dense", "small-dense") or row["updates"] >= DENSE_MAX_UPDATES:
+            return False
+        save = os.path.join(self.work, "runs", row["name"])
+        if (row.get("stopped") or stop_reason(training_log(save))) == "plateau":
+            return False
+        if not os.path.exists(os.path.join(save, "checkpoint_last.pt")):
+            log(f"study: row {row['name']} stopped at {row['updates']} updates, below today's cap of "
+                f"{DENSE_MAX_UPDATES}, but {save}/checkpoint_last.pt is not on this machine: it stays as committed")
+            return False
+        log(f"study: row {row['name']} stopped at the cap of {row['updates']} updates, not by its plateau rule: it "
+            f"continues from {save}/checkpoint_last.pt to at most {DENSE_MAX_UPDATES}")
+        return True
 
     def files(self, name: str) -> RowFiles:
         return RowFiles(self.results, self.assets, name)
@@ -115,6 +140,8 @@ class Study:
         with open(files.curve, "w") as f:
             json.dump(curve, f, indent=1)
         result = self.row_dict(row, costs, (ids, counts), scores, curve, minutes, updates)
+        if row.dense:
+            result["stopped"] = stop_reason(training_log(save))
         with self.lock:
             self.done[row.name] = result
             self.write()
@@ -178,8 +205,9 @@ class Study:
     def write(self) -> None:
         from .study_report import study_markdown
 
-        ordered = [self.done[r.name] for r in all_rows_resolved(self) if r.name in self.done]
-        ordered += [r for n, r in self.done.items() if r not in ordered]
+        current = {**self.continued, **self.done}  # a continued row's committed result until it is replaced
+        ordered = [current[r.name] for r in all_rows_resolved(self) if r.name in current]
+        ordered += [r for n, r in current.items() if r not in ordered]
         os.makedirs(self.results, exist_ok=True)
         for path, text in ((self.path, json.dumps({"rows": ordered}, indent=1) + "\n"),
                            (os.path.splitext(self.path)[0] + ".md", study_markdown(ordered))):

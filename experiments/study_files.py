@@ -155,6 +155,15 @@ def trained_updates(save: str) -> int:
     return int(read_checkpoint(last)["optimizer_history"][-1]["num_updates"])
 
 
+def stop_reason(log_path: str) -> Optional[str]:
+    """Why a dense run's training ended: ``"plateau"`` (fairseq stopped it at ``optimization.stop_min_lr``, the
+    protocol's criterion), ``"cap"`` (a log without that line: it reached ``max_update``), None without a log."""
+    if not os.path.exists(log_path):
+        return None
+    with open(log_path) as f:
+        return "plateau" if "stopping training because current learning rate" in f.read() else "cap"
+
+
 def training_log(save: str) -> str:
     """The log of every training invocation of a run folder: hydra's own (``hydra/hydra_train.log``, appended by
     each invocation as it runs), else the runner's ``train.log`` (which runs before December 7 wrote only when an

@@ -132,6 +132,39 @@ def test_a_truncated_checkpoint_last_resumes_from_the_newest_epoch_checkpoint(ti
     assert any(n.startswith("checkpoint_last.pt.unreadable-") for n in os.listdir(save))
 
 
+@pytest.mark.slow
+def test_a_dense_row_at_an_earlier_cap_continues_from_checkpoint_last(tiny_study, tmp_path, monkeypatch, capsys):
+    first = tiny_study().run(ROWS[0])
+    assert first["updates"] == 24 and first["stopped"] == "cap"
+    save = tmp_path / "work" / "runs" / "slurp_dense_s1"
+    results = tmp_path / "results" / "study.json"
+    monkeypatch.setattr(study, "DENSE_MAX_UPDATES", 40)  # the plan's cap raised after the row was committed
+    capsys.readouterr()
+    s = tiny_study()
+    assert f"continues from {save}/checkpoint_last.pt to at most 40" in capsys.readouterr().out
+    assert "slurp_dense_s1" not in s.done and [r.name for r in study.pending(s, None)][0] == "slurp_dense_s1"
+    assert s.needs(ROWS[2])[2] == "the dense rows of slurp"  # pruned rows wait for the continued reference
+    s.write()  # another row finishing meanwhile keeps the committed row in study.json
+    assert [r["updates"] for r in json.load(open(results))["rows"]] == [24]
+    again = s.run(ROWS[0])
+    assert again["updates"] == 40 and study_files.trained_updates(str(save)) == 40
+    log = open(save / "train.log").read()
+    assert log.count("{'_name': None, 'common':") == 2 and "Loaded checkpoint" in log  # resumed, not restarted
+    assert [r["updates"] for r in json.load(open(results))["rows"]] == [40]  # replaced, not counted twice
+
+    monkeypatch.setattr(study, "DENSE_MAX_UPDATES", 60)
+    aside = tmp_path / "elsewhere"
+    os.replace(save, aside)  # a fresh machine: only the committed files
+    capsys.readouterr()
+    assert "slurp_dense_s1" in tiny_study().done
+    assert f"{save}/checkpoint_last.pt is not on this machine: it stays as committed" in capsys.readouterr().out
+    os.replace(aside, save)
+    rows = json.load(open(results))
+    rows["rows"][0]["stopped"] = "plateau"  # stopped by its own criterion: done whatever the cap
+    results.write_text(json.dumps(rows))
+    assert "slurp_dense_s1" in tiny_study().done
+
+
 _KILLABLE = """
 import sys
 from experiments import study
