@@ -128,12 +128,28 @@ def run_method(corpus: str, method: str, label: str, manifest: str, work: str, r
                  f"checkpoint.save_interval_updates={every}", "checkpoint.keep_interval_updates=1",
                  "common.log_interval=100", lr_override, *overrides, threads=threads, start=start)
     row = {"corpus": corpus, "method": label, "recipe": method, "overrides": list(overrides), "seed": seed,
-           "start": os.path.relpath(start, REPO),
+           "start": os.path.relpath(start, REPO), "updates": updates,
            "train_minutes": round((time.time() - t0) / 60, 2)}
     model, costs = _costs(method, best, manifest, save, os.path.join(results, f"arch-{name}.png"))
     row.update(costs)
-    scores = decode(manifest, SUBSETS[corpus]["test"], model, os.path.join(save, "decode"))
+    return _scored(row, name, manifest, model, save)
+
+
+def _scored(row: dict, name: str, manifest: str, model: str, save: str) -> dict:
+    """``row`` with the test scores of ``model`` (decoded into ``save/decode``) and its path."""
+    scores = decode(manifest, SUBSETS[row["corpus"]]["test"], model, os.path.join(save, "decode"))
     row.update({"wer": scores.get("wer"), "transcript_wer": scores.get("transcript_wer"),
                 "intent_accuracy": scores.get("intent_accuracy"), "checkpoint": model})
     log(f"{name}: {row_cells(row)}")
     return row
+
+
+def score_model(corpus: str, label: str, model: str, manifest: str, work: str, seed: int = None) -> dict:
+    """The result row of a model without gates as it is, untrained here (a shipped model): costs and test
+    scores, like :func:`run_method`'s rows (``train_minutes`` 0)."""
+    name = run_name(corpus, label, seed)
+    row = {"corpus": corpus, "method": label, "recipe": None, "overrides": [], "seed": seed,
+           "start": os.path.relpath(model, REPO), "train_minutes": 0.0, **dense_costs(model, manifest)}
+    save = os.path.join(work, "runs", name)
+    os.makedirs(save, exist_ok=True)
+    return _scored(row, name, manifest, model, save)

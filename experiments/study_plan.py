@@ -132,7 +132,14 @@ def overrides(row: Row, updates: int, teacher: Optional[str]) -> List[str]:
     out += METHODS[row.method][1] + target_overrides(row)
     out += [f"criterion.target_warmup_updates={max(updates // 3, 1)}",
             f"optimizer.groups.default.lr_float={LR_FROM_DENSE if row.prune_from == 'dense' else LR}"]
-    kl, layers = DISTILL_WEIGHTS[row.distill]
+    return out + distill_overrides(row.distill, teacher)
+
+
+def distill_overrides(distill: str, teacher: Optional[str]) -> List[str]:
+    """The criterion's distillation options of ``distill`` (``none``, ``output``, ``layers``) from ``teacher``:
+    the study's and `make demo`'s (protocol ``study``) one definition."""
+    kl, layers = DISTILL_WEIGHTS[distill]
+    out = []
     if kl or layers:
         out += [f"criterion.distill_teacher={teacher}", f"criterion.distill_weight={kl}"]
     if layers:

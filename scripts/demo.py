@@ -1,6 +1,12 @@
-"""`make demo`: HJ-Pruning in miniature, end to end, on 2 CPU cores, with one of two protocols.
+"""`make demo`: HJ-Pruning in miniature, end to end, on 2 CPU cores, with one of three protocols.
 
---protocol finetuned (the default; the user who has a fine-tuned model that is too slow): start from the shipped
+--protocol study (the default; experiments/demo_study.py): a small part of the committed study at convergence
+(docs/results/study.json), run again here: decode the study's shipped dense model of each corpus
+(assets/study/CORPUS_dense_s1.pt), prune it with HJ-Pruning-MAC (--target, default 0.5 of the MACs) and the study's
+layer-wise distillation from it for the updates that fit (--updates, default 800), export, decode, time; print each
+row beside the study row it corresponds to. A corpus whose dense study rows have not finished is left out.
+
+--protocol finetuned (the user who has a fine-tuned model that is too slow): start from the shipped
 mini wav2vec2 that was pre-trained self-supervised and then fine-tuned with CTC on both corpora
 (assets/start_model, scripts/make_start_model.py); on each corpus and for each seed, fine-tune the dense baseline
 and, from the same start for the same updates, prune while fine-tuning with HJ-Pruning-MAC at two MAC targets;
@@ -57,9 +63,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default=os.path.join(REPO, "work", "demo"))
     p.add_argument("--results", default=os.path.join(REPO, "results"))
     p.add_argument("--corpora-work", default=None, help="where the synthetic corpora live (default: --work)")
-    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="finetuned",
-                   help="finetuned: prune while fine-tuning a fine-tuned model; paper: prune while fine-tuning "
-                        "from the self-supervised model (see the module docstring)")
+    p.add_argument("--protocol", choices=["study", *sorted(PROTOCOLS)], default="study",
+                   help="study: a small part of the committed study, beside its rows; finetuned: prune while "
+                        "fine-tuning a fine-tuned model; paper: prune while fine-tuning from the self-supervised "
+                        "model (see the module docstring)")
     p.add_argument("--start", help="the model every run starts from (default: the protocol's)")
     p.add_argument("--updates", type=int, help=f"fine-tuning updates per run, dense and pruning ({presets('updates')})")
     p.add_argument("--seeds", type=int, nargs="+", help=f"one run of every row per seed ({presets('seeds')})")
@@ -134,8 +141,42 @@ def runs(args, manifests: Dict[str, str], threads: int) -> List[Dict]:
     return rows
 
 
+def study_demo(args: argparse.Namespace, t0: float) -> List[Dict]:
+    """--protocol study (experiments/demo_study.py): the study's shipped dense models, pruned here for minutes,
+    each row printed beside the committed study row it corresponds to."""
+    from experiments import demo_study
+
+    demo_study.resolve(args)
+    os.makedirs(args.results, exist_ok=True)
+    manifests = prepare_corpora(args.corpora_work or args.work)
+    references = demo_study.shipped_references(args.corpora)
+    if not references:
+        raise SystemExit("no corpus has a shipped study model (assets/study/CORPUS_dense_s1.pt): run the study's "
+                         "dense rows first (python scripts/study.py --protocol converged), or another --protocol")
+    log(f"corpora {sorted(references)}: the study's dense models pruned at {args.target} for {args.updates} updates, "
+        f"{args.jobs} runs at a time")
+    rows = demo_study.runs(args, manifests, references)
+    time_against_dense(rows, manifests)
+    table = demo_study.comparison_table(rows, demo_study.read_study_rows(), args.target)
+    minutes = round((time.time() - t0) / 60, 1)
+    print("\n" + table + f"\n\n(total {minutes} min)")
+    with open(os.path.join(args.results, "demo.json"), "w") as f:
+        json.dump({"rows": rows, "minutes": minutes, "args": vars(args)}, f, indent=1)
+    with open(os.path.join(args.results, "demo.md"), "w") as f:
+        f.write(table + f"\n\nHere: this machine, `make demo` (protocol study) in {minutes} min: the study's shipped "
+                f"dense model of each corpus decoded, and pruned from it with layer-wise distillation for "
+                f"{args.updates} updates. Study: the committed rows of docs/results/study.json (95% bootstrap "
+                f"intervals over the test utterances). WER: of the transcript (SLURP's intent token not counted); "
+                f"speed-up: median CPU latency of the dense model / the exported model, 10 s input, batch 1, "
+                f"1 thread.\n")
+    log(f"done in {minutes} min: results/demo.md, results/demo.json, results/arch-*.png")
+    return rows
+
+
 def main(args: argparse.Namespace) -> List[Dict]:
     t0 = time.time()
+    if args.protocol == "study":
+        return study_demo(args, t0)
     args = resolve_protocol(args)
     os.makedirs(args.results, exist_ok=True)
     if not os.path.exists(args.start):

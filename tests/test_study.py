@@ -165,6 +165,39 @@ def test_a_dense_row_at_an_earlier_cap_continues_from_checkpoint_last(tiny_study
     assert "slurp_dense_s1" in tiny_study().done
 
 
+@pytest.mark.slow
+def test_the_demo_reproduces_the_shipped_dense_row_and_prunes_it_beside_the_study(tiny_study, tmp_path):
+    import argparse
+
+    from experiments import demo_study
+
+    s = tiny_study()
+    committed = s.run(ROWS[0])  # the study's dense row, its model shipped to assets/
+    references = demo_study.shipped_references(["slurp", "librispeech"], assets=str(tmp_path / "assets"))
+    assert references == {"slurp": str(tmp_path / "assets" / "slurp_dense_s1.pt")}  # librispeech: not shipped
+    args = argparse.Namespace(work=str(tmp_path / "demo"), results=str(tmp_path / "demo-results"), target=[0.5],
+                              updates=8, lr=0.0002, max_tokens=80000, warmup=4, lagrangian_lr=None,
+                              lambda_2_init=None, jobs=2, validations=1)
+    rows = demo_study.runs(args, s.manifests, references)
+    dense = next(r for r in rows if r["method"] == demo_study.DENSE)
+    # the shipped model decoded again gives the committed row's numbers
+    for key in ("wer", "intent_accuracy", "transcript_wer", "macs", "params"):
+        assert dense[key] == pytest.approx(committed[key]), key
+    pruned = next(r for r in rows if r["method"] == demo_study.pruned_label(0.5))
+    log = open(tmp_path / "demo" / "runs" / "slurp-HJ-Pruning-MAC_0.5_distill-layers-seed1" / "train.log").read()
+    assert f"'distill_teacher': '{references['slurp']}'" in log and "'distill_layers': [1, 2]" in log
+    assert pruned["updates"] == 8 and pruned["start"].endswith("slurp_dense_s1.pt")
+    for r in rows:
+        r["macs_ratio"] = r["macs"] / dense["macs"]
+    table = demo_study.comparison_table(rows, [committed], [0.5]).splitlines()
+    assert table[2].startswith("| slurp | HJ-Pruning-MAC 0.5 distill-layers | ") and "not in the study yet" in table[2]
+    ci = committed["transcript_wer_ci"]
+    assert f"| {committed['transcript_wer']:.1f} [{ci[0]:.1f}, {ci[1]:.1f}] |" in table[3]  # the study's cells
+    with pytest.raises(SystemExit, match="--protocol study does not take --start, --seeds"):
+        demo_study.resolve(argparse.Namespace(start="x.pt", prune_from=None, finetune_updates=None, distill=None,
+                                              random_init=False, seeds=[1]))
+
+
 _KILLABLE = """
 import sys
 from experiments import study
