@@ -26,7 +26,7 @@ from .common import PRETRAINED_MODEL, REPO, log
 from .corpora import SUBSETS
 from .runner import decode, export, train
 from .study_files import (RowFiles, commit_files, git_head, held_out_problem, read_counts, record_invocation,
-                          set_aside_unreadable, stop_reason, trained_updates, training_log, validation_curve,
+                          set_aside_unreadable, stop_reason, training_log, validation_curve,
                           write_counts)
 from .study_plan import DENSE_MAX_UPDATES, METHODS, Row, overrides, protocol_rows, rows
 
@@ -111,12 +111,12 @@ class Study:
         """Train (resuming), ship or export, decode the test set, score with intervals; writes and commits the row."""
         updates, teacher, _ = self.needs(row)
         save = os.path.join(self.work, "runs", row.name)
-        set_aside_unreadable(save)
+        trained = set_aside_unreadable(save)  # and the updates its checkpoint_last.pt has made
         recipe = METHODS[row.method][0]
         extra = overrides(row, updates, teacher)
         t0 = time.time()
         best = os.path.join(save, "checkpoint_best.pt")
-        if trained_updates(save) < updates:  # fairseq resumed at its max_update still makes one more update
+        if trained < updates:  # fairseq resumed at its max_update still makes one more update
             best = train(row.corpus, recipe, self.manifests[row.corpus], save, updates, *extra,
                          f"common.seed={row.seed}", threads=self.threads, start=self.start_model(row), resume=True)
         minutes = record_invocation(save, (time.time() - t0) / 60)

@@ -99,19 +99,23 @@ def held_out_problem(start: str) -> str:
     return ""
 
 
-def set_aside_unreadable(save: str) -> None:
-    """Make a run folder resumable or fresh. A ``checkpoint_last.pt`` that does not read (a session killed while
-    fairseq copied it) is set aside, never deleted, and replaced by the newest epoch checkpoint that reads (fairseq
-    writes those atomically; the study keeps the last two); with none, the folder is set aside and the run starts
-    again. Each step is logged with its path."""
+def _updates(checkpoint: Dict) -> int:
+    return int(checkpoint["optimizer_history"][-1]["num_updates"])
+
+
+def set_aside_unreadable(save: str) -> int:
+    """Make a run folder resumable or fresh; returns the updates its ``checkpoint_last.pt`` has made (0: the run
+    starts afresh), so that the 64 MB file is read once. A ``checkpoint_last.pt`` that does not read (a session
+    killed while fairseq copied it) is set aside, never deleted, and replaced by the newest epoch checkpoint that
+    reads (fairseq writes those atomically; the study keeps the last two); with none, the folder is set aside and
+    the run starts again. Each step is logged with its path."""
     last = os.path.join(save, "checkpoint_last.pt")
     if not os.path.exists(last):
-        return
+        return 0
     from fairseq_prune.io.checkpoints import CheckpointError, read_checkpoint
 
     try:
-        read_checkpoint(last)
-        return
+        return _updates(read_checkpoint(last))
     except CheckpointError as e:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         log(f"study: {e}")
@@ -119,7 +123,7 @@ def set_aside_unreadable(save: str) -> None:
     for path in sorted((os.path.join(save, n) for n in os.listdir(save) if re.fullmatch(r"checkpoint\d+\.pt", n)),
                        key=lambda p: int(re.sub(r"\D", "", os.path.basename(p))), reverse=True):
         try:
-            read_checkpoint(path)
+            updates = _updates(read_checkpoint(path))
         except CheckpointError as e:
             log(f"study: {e}")
             continue
@@ -127,10 +131,11 @@ def set_aside_unreadable(save: str) -> None:
         os.replace(last + ".tmp", last)
         log(f"study: {save} resumes from {os.path.basename(path)} (the unreadable checkpoint_last.pt is kept as "
             f"checkpoint_last.pt.unreadable-{stamp})")
-        return
+        return updates
     aside = f"{save}.unreadable-{stamp}"
     os.replace(save, aside)
     log(f"study: no readable checkpoint in {save}: the run starts again (its folder is kept as {aside})")
+    return 0
 
 
 def record_invocation(save: str, minutes: float) -> float:
@@ -152,7 +157,7 @@ def trained_updates(save: str) -> int:
         return 0
     from fairseq_prune.io.checkpoints import read_checkpoint
 
-    return int(read_checkpoint(last)["optimizer_history"][-1]["num_updates"])
+    return _updates(read_checkpoint(last))
 
 
 def stop_reason(log_path: str) -> Optional[str]:

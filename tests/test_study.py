@@ -125,9 +125,10 @@ def test_a_truncated_checkpoint_last_resumes_from_the_newest_epoch_checkpoint(ti
     data = (save / "checkpoint_last.pt").read_bytes()
     (save / "checkpoint_last.pt").write_bytes(data[: len(data) // 2])  # as if killed while fairseq copied it
     capsys.readouterr()
-    study.set_aside_unreadable(str(save))
+    updates = study.set_aside_unreadable(str(save))  # what the checkpoint it resumes from has made
     out = capsys.readouterr().out
     assert f"{save} resumes from {epochs[-1]}" in out
+    assert 0 < updates == study_files.trained_updates(str(save)) and study.set_aside_unreadable(str(save)) == updates
     assert (save / "checkpoint_last.pt").read_bytes() == (save / epochs[-1]).read_bytes()
     assert any(n.startswith("checkpoint_last.pt.unreadable-") for n in os.listdir(save))
 
