@@ -1,11 +1,12 @@
 """The tests' shared fixtures: the small wav2vec2 checkpoint and noise corpus here, and the corpus scripts'
-espeak-ng corpora (manifest_fixtures, registered as a plugin: every test module gets them by name). The ONNX
-suites' fixtures (onnx_fixtures) stay with the two modules that skip without onnxruntime."""
+espeak-ng corpora (manifest_fixtures) and the fault suites' checkpoints (fault_fixtures), registered as plugins:
+every test module gets them by name. The ONNX suites' fixtures (onnx_fixtures) stay with the two modules that
+skip without onnxruntime."""
 import pytest
 
 from helpers import SMALL_W2V, write_noise_corpus
 
-pytest_plugins = ["manifest_fixtures"]
+pytest_plugins = ["manifest_fixtures", "fault_fixtures"]
 
 
 @pytest.fixture(scope="session")

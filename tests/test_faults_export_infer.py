@@ -9,7 +9,6 @@ those of a ``kill -9``; a dictionary in another order than the exported model's 
 channels cancel out when mixed down is named in a warning.
 """
 import errno
-import importlib.util
 import json
 import os
 import signal
@@ -29,39 +28,13 @@ from fairseq_prune.cli import export as export_cli
 from fairseq_prune.cli.infer import cli_main as infer_main
 from fairseq_prune.inference.inputs import mixdown_loss_db
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
-from helpers import copy_manifest, start, write_noise_corpus
-from infer_fixtures import read_summary, write_ctc_checkpoint, write_plain_ctc_checkpoint
+from helpers import copy_manifest, start
+from infer_fixtures import read_summary, write_ctc_checkpoint
 
-GATES = dict(prune_conv_channels=True, prune_attention_heads=True, prune_ffn_units=True)
-NO_MASKING = dict(mask_prob=0.0, mask_channel_prob=0.0, feature_grad_mult=1.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # fixtures and helpers
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> str:
-    return write_noise_corpus(str(tmp_path_factory.mktemp("corpus")), {"test": 6})
-
-
-@pytest.fixture(scope="module")
-def plain_ctc(tmp_path_factory, small_w2v, corpus) -> str:
-    return write_plain_ctc_checkpoint(str(tmp_path_factory.mktemp("plain") / "plain_ctc.pt"), small_w2v, corpus)
-
-
-@pytest.fixture(scope="module")
-def gated(tmp_path_factory, small_w2v, corpus) -> str:
-    """A wav2vec2_ctc_pruning checkpoint with gates, its task on ``corpus`` (whose dictionary export stores)."""
-    path = str(tmp_path_factory.mktemp("gated") / "gated.pt")
-    return write_ctc_checkpoint(path, Wav2Vec2CtcPruningConfig(w2v_path=small_w2v, **GATES, **NO_MASKING), corpus)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, gated) -> str:
-    out = str(tmp_path_factory.mktemp("exported") / "exported.pt")
-    export_cli.cli_main([gated, out])
-    return out
 
 
 def export_fails(capsys, *argv) -> str:

@@ -14,31 +14,12 @@ import torch
 import fairseq_prune  # noqa: F401  (registers our model, task and safe globals)
 from fairseq_prune.cli.infer import cli_main as infer_main
 from fairseq_prune.layer_sizes import parse_conv_layers, receptive_field
-from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
-from helpers import SMALL_W2V, copy_manifest, write_noise_corpus
-from infer_fixtures import read_result_file, read_summary, write_ctc_checkpoint, write_plain_ctc_checkpoint
+from helpers import SMALL_W2V, copy_manifest
+from infer_fixtures import read_result_file, read_summary, write_plain_ctc_checkpoint
 
 HAVE_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 ONNX = pytest.param("onnxruntime", marks=pytest.mark.skipif(not HAVE_ONNX, reason="needs pip install -e '.[onnx]'"))
 W2V_CONV = "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2"
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> str:
-    return write_noise_corpus(str(tmp_path_factory.mktemp("corpus")), {"test": 6})
-
-
-@pytest.fixture(scope="module")
-def plain_ctc(tmp_path_factory, small_w2v, corpus) -> str:
-    return write_plain_ctc_checkpoint(str(tmp_path_factory.mktemp("plain") / "plain_ctc.pt"), small_w2v, corpus)
-
-
-@pytest.fixture(scope="module")
-def gated(tmp_path_factory, small_w2v, corpus) -> str:
-    """A wav2vec2_ctc_pruning checkpoint with gates, as written outside fairseq's trainer (no task_state)."""
-    cfg = Wav2Vec2CtcPruningConfig(w2v_path=small_w2v, prune_conv_channels=True, prune_attention_heads=True,
-                                   prune_ffn_units=True, mask_prob=0.0, mask_channel_prob=0.0, feature_grad_mult=1.0)
-    return write_ctc_checkpoint(str(tmp_path_factory.mktemp("gated") / "gated.pt"), cfg, corpus)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import os
 import resource
 import stat
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -22,36 +21,10 @@ from fairseq_prune.cli import export as export_cli
 from fairseq_prune.cli import onnx as onnx_cli
 from fairseq_prune.cli.infer import cli_main as infer_main
 from fairseq_prune.io import safe_output
-from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruningConfig
-from helpers import VENV_BIN, _env, write_noise_corpus
-from infer_fixtures import write_ctc_checkpoint, write_plain_ctc_checkpoint
+from fault_fixtures import TEST_UTTERANCES
+from helpers import VENV_BIN, _env
 
-GATES = dict(prune_conv_channels=True, prune_attention_heads=True, prune_ffn_units=True)
-NO_MASKING = dict(mask_prob=0.0, mask_channel_prob=0.0, feature_grad_mult=1.0)
 RESULTS = ["hypo.units", "hypo.word", "ref.units", "ref.word", "summary.json"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> str:
-    return write_noise_corpus(str(tmp_path_factory.mktemp("corpus")), {"test": 4})
-
-
-@pytest.fixture(scope="module")
-def gated(tmp_path_factory, small_w2v, corpus) -> str:
-    path = str(tmp_path_factory.mktemp("gated") / "gated.pt")
-    return write_ctc_checkpoint(path, Wav2Vec2CtcPruningConfig(w2v_path=small_w2v, **GATES, **NO_MASKING), corpus)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, gated) -> str:
-    out = str(tmp_path_factory.mktemp("exported") / "exported.pt")
-    export_cli.cli_main([gated, out])
-    return out
-
-
-@pytest.fixture(scope="module")
-def plain_ctc(tmp_path_factory, small_w2v, corpus) -> str:
-    return write_plain_ctc_checkpoint(str(tmp_path_factory.mktemp("plain") / "plain_ctc.pt"), small_w2v, corpus)
 
 
 def fails(capsys, cli, prog, *argv) -> str:
@@ -196,7 +169,7 @@ def test_result_files_follow_the_rule(tmp_path, plain_ctc, corpus, capsys, monke
     os.symlink(kept, results / "summary.json")
     infer_main([corpus, "--path", plain_ctc, "--results-path", str(results), "--cpu", "--quiet",
                 "--num-workers", "0"])
-    assert os.path.islink(results / "summary.json") and json.loads(kept.read_text())["utterances"] == 4
+    assert os.path.islink(results / "summary.json") and json.loads(kept.read_text())["utterances"] == TEST_UTTERANCES
     assert sorted(os.listdir(results)) == RESULTS
 
 

@@ -19,21 +19,10 @@ from fairseq_prune.cli.startup import quiet_start
 from fairseq_prune.export.prune import target_dictionary
 from fairseq_prune.io.checkpoints import read_checkpoint
 from fairseq_prune.onnx.export import MIN_OPSET, max_opset
-from helpers import REPO, VENV_BIN, run_unchecked, write_noise_corpus
-from infer_fixtures import write_plain_ctc_checkpoint
+from helpers import REPO, VENV_BIN, run_unchecked
 from manifests.errors import ManifestError, run_or_exit
 
 START_MODEL = os.path.join(REPO, "assets", "start_model", "wav2vec_ctc_mini.pt")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> str:
-    return write_noise_corpus(str(tmp_path_factory.mktemp("corpus")), {"test": 4})
-
-
-@pytest.fixture(scope="module")
-def plain_ctc(tmp_path_factory, small_w2v, corpus) -> str:
-    return write_plain_ctc_checkpoint(str(tmp_path_factory.mktemp("plain") / "plain_ctc.pt"), small_w2v, corpus)
 
 
 def parse_fails(parser, argv, capsys) -> str:
