@@ -28,8 +28,8 @@ BACKENDS = ("eager", "onnxruntime")
 
 
 class _Block(nn.Module):
-    """A block's eval-mode forward as a module of one input, for tracing: attention (``self_attention``, no
-    padding) or the FFN (``feed_forward``), as the ONNX export runs them."""
+    """A block's eval-mode forward as a module of one input, for tracing: an encoder layer's FFN
+    (``PrunableEncoderLayer.feed_forward``), as the exported model and its ONNX graph run it."""
 
     def __init__(self, fn: Callable, owner: nn.Module) -> None:
         super().__init__()
@@ -160,7 +160,7 @@ def conv_block(shape: Wav2Vec2Shape, i: int, c_in: int, c_out: int) -> nn.Module
 def profile_blocks(shape: Wav2Vec2Shape, args) -> Dict:
     """The conv, attention and FFN grids (milliseconds)."""
     from ..modules.attention import PrunableSelfAttention
-    from ..onnx.export import feed_forward, self_attention
+    from ..modules.encoder_layer import PrunableEncoderLayer
 
     samples = int(round(args.seconds * 16000))
     frames = [samples] + shape.conv_frames(samples)
@@ -180,17 +180,12 @@ def profile_blocks(shape: Wav2Vec2Shape, args) -> Dict:
     x = torch.randn(T, args.batch, D)
     heads = grid(max(full.attention_heads), min(args.grid, max(full.attention_heads) + 1), 0)
     attention = []
-    for h in heads:  # eager: the module's own forward, as the exported model runs it; ONNX: the graph's
-        attn = PrunableSelfAttention(D, h, shape.head_dim)
-        graph = _Block(lambda a, t: self_attention(a, t, None), attn)  # no padding
-        attention.append(ms(attn if args.backend == "eager" else graph, x))
+    for h in heads:  # the module's own forward (no padding), as the exported model and its ONNX graph run it
+        attention.append(ms(PrunableSelfAttention(D, h, shape.head_dim), x))
     units = grid(max(full.ffn_units), args.grid, 0)
 
-    def ffn(u: int) -> nn.Module:  # fc1 None: no unit left, only fc2's bias (as an exported layer)
-        layer = nn.Module()
-        layer.fc1 = nn.Linear(D, u) if u else None
-        layer.fc2, layer.activation_fn = nn.Linear(max(u, 1), D), nn.functional.gelu
-        return _Block(feed_forward, layer)
+    def ffn(u: int) -> nn.Module:  # u 0: no unit left, only fc2's bias (as an exported layer)
+        return _Block(lambda layer, t: layer.feed_forward(t), PrunableEncoderLayer(D, 0, shape.head_dim, u))
 
     return {"conv": conv, "attention": {"sizes": heads, "ms": attention},
             "ffn": {"sizes": units, "ms": [ms(ffn(u), x) for u in units]}}

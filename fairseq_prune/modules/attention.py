@@ -77,7 +77,8 @@ class PrunableSelfAttention(nn.Module):
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         attn_mask = None
-        if key_padding_mask is not None and bool(key_padding_mask.any()):
+        # traced (ONNX), the mask is always applied: a branch on its values would be frozen into the graph
+        if key_padding_mask is not None and (torch.jit.is_tracing() or bool(key_padding_mask.any())):
             attn_mask = (~key_padding_mask.bool()).view(B, 1, 1, T)
         ctx = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0

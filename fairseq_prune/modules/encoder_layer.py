@@ -91,7 +91,9 @@ class PrunableEncoderLayer(nn.Module):
         head_mask = self._mask(self.self_attn.num_heads, self.head_gate, self.attn_layer_gate)
         return self.dropout1(self.self_attn(x, padding_mask, head_mask))
 
-    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The FFN block, ``(T, B, C)`` -> ``(T, B, C)``: ``fc2(act(fc1(x)))`` with the unit and block gates'
+        masks on the hidden units; no unit left: ``fc2``'s bias."""
         if self.fc1 is None:
             return self.fc2(x[..., :0])
         h = self.dropout2(self.activation_fn(self.fc1(x)))
@@ -117,13 +119,13 @@ class PrunableEncoderLayer(nn.Module):
         if self.layer_norm_first:
             x = residual + self._attention(self.self_attn_layer_norm(x), self_attn_padding_mask)
             residual = x
-            x = self._ffn(self.final_layer_norm(x))
+            x = self.feed_forward(self.final_layer_norm(x))
             layer_result = x
             x = residual + self.dropout3(x)
         else:
             x = self.self_attn_layer_norm(residual + self._attention(x, self_attn_padding_mask))
             residual = x
-            x = self._ffn(x)
+            x = self.feed_forward(x)
             layer_result = x
             x = self.final_layer_norm(residual + self.dropout3(x))
         return x, (None, layer_result)

@@ -13,14 +13,15 @@ with in-place indexing. :class:`TraceableCtc` computes the same thing with ops w
   computes;
 * the Transformer's padding to ``required_seq_len_multiple`` is left out: the frame it adds is a masked key for
   every query and is cut off afterwards, and no other op mixes positions, so it changes no output;
-* self-attention is written out (``softmax(q kᵀ / √d + mask) v``, ``-inf`` at padded keys), for fairseq's
-  ``MultiheadAttention`` and for our :class:`~fairseq_prune.modules.attention.PrunableSelfAttention` alike (same
-  parameter names); a layer without heads or FFN units adds its output bias only.
+* the Transformer layers run our :class:`~fairseq_prune.modules.encoder_layer.PrunableEncoderLayer`'s own
+  forward, the one that training and export run (its attention is ``scaled_dot_product_attention`` with the key
+  padding mask, applied whenever it is traced); fairseq's layers are loaded into one of their sizes first
+  (:func:`as_prunable_layer`); a layer without heads or FFN units adds its output bias only.
 
 Everything else (the CNN's blocks, LayerNorms, positional convolution, projections) is the model's own modules,
 called as they are (the CNN as fairseq's ``ConvFeatureExtractionModel.forward`` calls its blocks: our gated
 extractor's forward takes sizes from the input for its LayerNorms, which the exporter cannot keep dynamic). :class:`TraceableCtc` is used only for export: it holds the model's modules, adds no parameters and
-changes nothing in the model.
+changes nothing in the model (fairseq's own layers are copied, not converted in place).
 """
 import io
 import os
@@ -34,13 +35,14 @@ from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
 from torch import nn
 
 from ..io.errors import PluginError
+from ..modules.encoder_layer import PrunableEncoderLayer
 
 #: onnxruntime must reproduce PyTorch within this (max abs over finite outputs) or nothing is written
 CHECK_TOLERANCE = 1e-4
 #: ONNX opset (LayerNormalization is an op from 17 on)
 OPSET = 17
-#: the oldest opset ``--opset`` accepts (the check passes from 11 on; 9 fails inside torch's exporter)
-MIN_OPSET = 13
+#: the oldest opset ``--opset`` accepts: torch exports ``scaled_dot_product_attention`` from opset 14 on
+MIN_OPSET = 14
 
 
 def max_opset() -> int:
@@ -87,47 +89,19 @@ def frame_padding(padding_mask: torch.Tensor, frames: torch.Tensor, convs: Seque
     return index > last.unsqueeze(1)
 
 
-def self_attention(attn: nn.Module, x: torch.Tensor, key_bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """Multi-head self-attention of fairseq's ``MultiheadAttention`` or our ``PrunableSelfAttention``.
-
-    Args:
-        x: ``(T, B, C)``.
-        key_bias: ``(B, 1, 1, T)``, 0 at valid keys and ``-inf`` at padded ones, or ``None``.
-    Returns:
-        ``(T, B, C)``.
-    """
-    if attn.q_proj is None:  # no head left: only the output bias
-        return torch.zeros_like(x) + attn.out_proj.bias
-    T, B, _ = x.shape
-    hd = attn.head_dim
-    H = attn.q_proj.out_features // hd
-
-    def heads(t: torch.Tensor) -> torch.Tensor:  # (T, B, H*hd) -> (B, H, T, hd)
-        return t.reshape(T, B, H, hd).permute(1, 2, 0, 3)
-
-    q, k, v = heads(attn.q_proj(x)), heads(attn.k_proj(x)), heads(attn.v_proj(x))
-    scores = torch.matmul(q, k.transpose(-1, -2)) * (hd ** -0.5)  # (B, H, T, T)
-    if key_bias is not None:
-        scores = scores + key_bias
-    ctx = torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, H, T, hd)
-    return attn.out_proj(ctx.permute(2, 0, 1, 3).reshape(T, B, H * hd))
-
-
-def feed_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The FFN block (``fc2(act(fc1(x)))``) of an encoder layer; ``(T, B, C)`` -> ``(T, B, C)``."""
-    if layer.fc1 is None:  # no unit left: only fc2's bias
-        return torch.zeros_like(x) + layer.fc2.bias
-    return layer.fc2(layer.activation_fn(layer.fc1(x)))
-
-
-def encoder_layer(layer: nn.Module, x: torch.Tensor, key_bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """One Transformer layer in eval mode (fairseq's ``TransformerSentenceEncoderLayer`` or our
-    ``PrunableEncoderLayer``, post- or pre-LayerNorm); ``x``: ``(T, B, C)``."""
-    if layer.layer_norm_first:
-        x = x + self_attention(layer.self_attn, layer.self_attn_layer_norm(x), key_bias)
-        return x + feed_forward(layer, layer.final_layer_norm(x))
-    x = layer.self_attn_layer_norm(x + self_attention(layer.self_attn, x, key_bias))
-    return layer.final_layer_norm(x + feed_forward(layer, x))
+def as_prunable_layer(layer: nn.Module) -> PrunableEncoderLayer:
+    """The layer whose forward the export traces: one of ours as it is, or fairseq's
+    ``TransformerSentenceEncoderLayer`` loaded into a :class:`PrunableEncoderLayer` of its sizes (the same
+    parameter names; all heads and units, no gates), so that one forward serves training, export and ONNX."""
+    layer = getattr(layer, "_checkpoint_wrapped_module", layer)
+    if isinstance(layer, PrunableEncoderLayer):
+        return layer
+    attn = layer.self_attn
+    out = PrunableEncoderLayer(attn.embed_dim, attn.num_heads, attn.head_dim, layer.fc1.out_features,
+                               layer_norm_first=layer.layer_norm_first)
+    out.activation_fn = layer.activation_fn  # fairseq's function, whatever its name
+    out.load_state_dict(layer.state_dict(), strict=True)
+    return out.eval()
 
 
 def check_supported(model: nn.Module) -> Wav2Vec2Model:
@@ -165,6 +139,7 @@ class TraceableCtc(nn.Module):
         self.blank_mode = str(getattr(model, "blank_mode", "add"))
         self.convs = [(int(b[0].kernel_size[0]), int(b[0].stride[0])) for b in self.w2v.feature_extractor.conv_layers]
         self.hubert = getattr(self.w2v, "family", "wav2vec2") == "hubert"  # a HuBERT checkpoint as w2v_path
+        self.layers = nn.ModuleList(as_prunable_layer(layer) for layer in self.w2v.encoder.layers)
         pad_row = torch.full((self.proj.out_features,), float("-inf"))
         pad_row[0] = 0.0  # what fairseq's get_logits writes into padded frames
         self.register_buffer("pad_row", pad_row, persistent=False)
@@ -184,17 +159,14 @@ class TraceableCtc(nn.Module):
             features = w2v.post_extract_proj(features)
         enc = w2v.encoder
         x = features
-        key_bias = None
         if frames_pad is not None:
             x = x.masked_fill(frames_pad.unsqueeze(-1), 0.0)
-            zeros = torch.zeros(frames_pad.shape, dtype=x.dtype, device=x.device)
-            key_bias = zeros.masked_fill(frames_pad, float("-inf"))[:, None, None, :]
         x = x + enc.pos_conv(x.transpose(1, 2)).transpose(1, 2)
         if not enc.layer_norm_first:
             x = enc.layer_norm(x)
         x = x.transpose(0, 1)
-        for layer in enc.layers:
-            x = encoder_layer(getattr(layer, "_checkpoint_wrapped_module", layer), x, key_bias)
+        for layer in self.layers:
+            x, _ = layer(x, self_attn_padding_mask=frames_pad)
         x = x.transpose(0, 1)
         if enc.layer_norm_first:
             x = enc.layer_norm(x)
