@@ -140,7 +140,7 @@ def set_aside_unreadable(save: str) -> int:
 
 def record_invocation(save: str, minutes: float) -> float:
     """Add this invocation's minutes to the run's ``invocations.json``; returns the run's minutes so far: the total
-    over the recorded invocations, or fairseq's own wall clock summed over the training invocations in its log
+    over the recorded invocations, or the minutes the training invocations in its log ran (from their timestamps)
     when that is more (an invocation killed by the end of a session records nothing here, but its log stays)."""
     path = os.path.join(save, "invocations.json")
     runs = json.load(open(path)) if os.path.exists(path) else []
@@ -178,18 +178,30 @@ def training_log(save: str) -> str:
 
 
 def logged_wall_minutes(log_path: str) -> float:
-    """fairseq's ``wall`` seconds summed over the invocations a training log holds (it restarts from 0 when a run
-    resumes), in minutes; 0 without a log."""
+    """The minutes a training log's invocations ran, summed: each from its first to its last timestamped line
+    (fairseq's own ``wall`` counter is not used: a run resumed mid-epoch logs it as 0); 0 without a log. An
+    invocation starts at the configuration fairseq prints first."""
     if not os.path.exists(log_path):
         return 0.0
-    total = last = 0.0
-    with open(log_path) as f:
-        for wall in re.findall(r'"wall": "(\d+(?:\.\d+)?)"', f.read()):
-            value = float(wall)
-            if value < last:  # a new invocation
-                total += last
-            last = value
-    return (total + last) / 60
+    total, first, last = 0.0, None, None
+    with open(log_path, errors="replace") as f:
+        for line in f:
+            found = _STAMP.match(line)
+            if found is None:
+                continue
+            t = time.mktime(time.strptime(found.group(1), "%Y-%m-%d %H:%M:%S"))
+            if _INVOCATION in line and first is not None:  # a new invocation: close the previous one
+                total += last - first
+                first = None
+            first = t if first is None else first
+            last = t
+    if first is not None:
+        total += last - first
+    return total / 60
+
+
+_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+\]")
+_INVOCATION = "{'_name': None, 'common':"
 
 
 def git_head() -> str:

@@ -246,6 +246,17 @@ def test_kill_9_mid_run_then_resume_from_checkpoint_last(tiny_study, tmp_path, s
     assert again["updates"] == 40 and study_files.trained_updates(str(save)) == 40
 
 
+def test_logged_minutes_count_every_invocation_by_its_timestamps(tmp_path):
+    """fairseq logs ``"wall": "0"`` in a run resumed mid-epoch: the minutes come from the lines' timestamps."""
+    cfg = "[2026-12-07 10:00:00,000][fairseq_cli.train][INFO] - {'_name': None, 'common': {}}\n"
+    log = tmp_path / "hydra_train.log"
+    log.write_text(cfg + '[2026-12-07 10:30:00,500][train][INFO] - {"wall": "1800"}\nno timestamp\n'
+                   + cfg.replace("10:00", "11:00")  # killed, resumed half an hour later
+                   + '[2026-12-07 11:12:00,000][train][INFO] - {"wall": "0"}\n')
+    assert study_files.logged_wall_minutes(str(log)) == pytest.approx(42.0)
+    assert study_files.logged_wall_minutes(str(tmp_path / "none.log")) == 0.0
+
+
 def test_paired_interval_uses_the_same_utterances():
     rng = np.random.default_rng(0)
     ids = list(range(200))
