@@ -81,7 +81,8 @@ def runs(args, manifests: Dict[str, str], references: Dict[str, str]) -> List[Di
                           validations=args.validations, seed=1)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        return in_threads(pool, run, jobs)
+        rows = in_threads(pool, run, jobs)
+    return sorted(rows, key=lambda r: (list(references).index(r["corpus"]), r["method"] != DENSE))  # dense first
 
 
 def study_row(corpus: str, target: Optional[float], rows: List[Dict]) -> Optional[Dict]:
