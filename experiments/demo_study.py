@@ -23,6 +23,7 @@ from .protocols import pruning_overrides
 from .report import word_error_key
 from .runner import run_method, score_model
 from .study import ASSETS, RESULTS
+from .study_files import RowFiles
 from .study_plan import LR_FROM_DENSE, Row, distill_overrides
 
 #: the dense row's name in the demo's table
@@ -50,7 +51,7 @@ def shipped_references(corpora: List[str], assets: str = ASSETS) -> Dict[str, st
     """corpus -> the study's shipped dense model (seed 1) for the corpora that have one; the others are logged."""
     out = {}
     for corpus in corpora:
-        path = os.path.join(assets, f"{Row(corpus, 'dense', 1).name}.pt")
+        path = RowFiles(RESULTS, assets, Row(corpus, "dense", 1).name).model  # where the study ships it
         if os.path.exists(path):
             out[corpus] = path
         else:
