@@ -28,7 +28,7 @@ from .runner import decode, export, train
 from .study_files import (RowFiles, commit_files, git_head, held_out_problem, read_counts, record_invocation,
                           set_aside_unreadable, stop_reason, training_log, validation_curve,
                           write_counts)
-from .study_plan import DENSE_MAX_UPDATES, METHODS, Row, overrides, protocol_rows, rows
+from .study_plan import DENSE_MAX_UPDATES, METHODS, PRUNED_MAX_UPDATES, Row, overrides, protocol_rows, rows
 
 RESULTS = os.path.join(REPO, "docs", "results")
 ASSETS = os.path.join(REPO, "assets", "study")
@@ -90,14 +90,15 @@ class Study:
 
     def needs(self, row: Row) -> Tuple[Optional[int], Optional[str], str]:
         """(updates, teacher, what it waits for): dense rows run to their cap; a pruned row waits for both dense
-        runs of its corpus (its updates: the longer one's) and distils from seed 1's model."""
+        runs of its corpus (its updates: the longer one's, at most :data:`PRUNED_MAX_UPDATES`) and distils from
+        seed 1's model."""
         if row.dense:
             start = PRETRAINED_MODEL if row.method == "dense" else SMALL_PRETRAINED
             return DENSE_MAX_UPDATES, None, held_out_problem(start)
         dense = [self.done.get(Row(row.corpus, "dense", s).name) for s in (1, 2)]
         if None in dense:
             return None, None, f"the dense rows of {row.corpus}"
-        return max(r["updates"] for r in dense), self.files(Row(row.corpus, "dense", 1).name).model, ""
+        return min(max(r["updates"] for r in dense), PRUNED_MAX_UPDATES), self.files(Row(row.corpus, "dense", 1).name).model, ""
 
     def start_model(self, row: Row) -> str:
         if row.method == "small-dense":
@@ -189,7 +190,21 @@ class Study:
                 diff, diff_ci = bootstrap.paired_interval(decoded, reference, m)
                 out[f"{m}_vs_dense"], out[f"{m}_vs_dense_ci"] = diff, diff_ci
         out["summary_wer"] = scores.get("wer")  # fairseq-prune-infer's own number (equals "wer")
+        if not row.dense and row.prune_from == "ssl":
+            out["dense_best_dev_by_then"] = self.dense_dev_by(row, out["updates"])
         return out
+
+    def dense_dev_by(self, row: Row, updates: int) -> Optional[float]:
+        """The best dev WER (in budget) the dense run of ``row``'s corpus and seed (seed 1's if missing) had
+        reached by ``updates``: what a row fine-tuned from the self-supervised model for fewer updates than the
+        dense run compares with (None without a dense curve)."""
+        for seed in (row.seed, 1):
+            path = self.files(Row(row.corpus, "dense", seed).name).curve
+            if os.path.exists(path):
+                with open(path) as f:
+                    points = [p["wer_in_budget"] for p in json.load(f) if p["update"] <= updates]
+                return min(points) if points else None
+        return None
 
     def reference(self, row: Row):
         """The per-utterance counts of the dense row of the same corpus and seed (seed 1's if that is missing)."""

@@ -8,8 +8,9 @@ Protocol (README, "The study at convergence"):
   third halving, at most :data:`DENSE_MAX_UPDATES`); its best checkpoint is shipped weights-only in
   ``assets/study/`` and is the teacher of the distilled rows. ``small-dense`` is the same for the small dense
   control (``assets/pretrained/wav2vec2_small.pt``, half the MACs).
-* **pruned**: as many updates as the longer of the corpus's two dense runs (``U``), the target warmed up over the
-  first ``U / 3`` (so the final architecture trains for at least twice the warm-up), the tri-stage schedule of
+* **pruned**: as many updates as the longer of the corpus's two dense runs, at most :data:`PRUNED_MAX_UPDATES`
+  (``U``: a run must end inside one 3-hour session), the target warmed up over the first ``U / 3`` (so the final
+  architecture trains for at least twice the warm-up), the tri-stage schedule of
   the recipes at the dense run's peak learning rate; ``prune_from`` ``ssl`` prunes while fine-tuning from the
   self-supervised model (the paper), ``dense`` prunes the converged dense model (CoFiPruning's way, lower peak
   learning rate); ``auto`` takes whichever of the two protocol rows scored better on dev.
@@ -25,6 +26,12 @@ from typing import List, Optional, Tuple
 #: a dense run's cap (it normally stops earlier, by its plateau rule). Raised from 12,000 when the first SLURP
 #: references reached that cap after one halving of three; such rows continue from their checkpoint_last.pt
 DENSE_MAX_UPDATES = 24000
+#: a pruned row's updates at most. With its teacher's forward beside it, an update of a distilled row takes about
+#: 0.6 s on one thread with a second run on the other core: 10,000 updates are about 110 minutes, which leaves a
+#: 3-hour session room for the export, the decoding and the dense rows' work. A row pruned from the converged dense
+#: model has then trained for the dense run's updates and these; one pruned from the self-supervised model has
+#: fewer updates than the dense row (README, "The study at convergence", says how the two compare)
+PRUNED_MAX_UPDATES = 10000
 MAX_TOKENS = 160000
 #: peak learning rate of every run's model weights, and of pruning a converged dense model
 LR = 0.0005

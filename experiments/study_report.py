@@ -52,6 +52,13 @@ def study_markdown(rows: List[Dict]) -> str:
             out += [f"| {_label(r)} | {r['seed']} | {r['macs_ratio']:.2f} | {_ci(r, 'wer', 'wer_ci')} | "
                     f"{_diff(r, 'wer')} | {r['updates']} | {r['minutes']:.0f} |" for r in these]
         out.append("")
+        for r in these:
+            if r.get("dense_best_dev_by_then") is not None:
+                out.append(f"- {r['name']}: best dev WER {r['best_dev']:.2f} after {r['updates']} updates from the "
+                           f"self-supervised model; the dense run's best by the same updates: "
+                           f"{r['dense_best_dev_by_then']:.2f}.")
+        if out[-1] != "":
+            out.append("")
     return "\n".join(out)
 
 

@@ -85,6 +85,9 @@ def test_rows_finish_with_intervals_then_are_skipped_and_corrupt_ones_rerun(tiny
     curve = json.load(open(tmp_path / "results" / "study" / "curves" / "slurp_dense_s1.json"))
     assert [p["update"] for p in curve] == sorted(p["update"] for p in curve) and curve[-1]["update"] == 24
     assert "| HJ-Pruning-MAC 0.5, distill layers, from ssl | 1 |" in open(tmp_path / "results" / "study.md").read()
+    # pruned from the self-supervised model: beside it, the dense run's best dev by the same number of updates
+    assert pruned["dense_best_dev_by_then"] == min(p["wer_in_budget"] for p in curve if p["update"] <= 24)
+    assert "the dense run's best by the same updates" in open(tmp_path / "results" / "study.md").read()
 
     # a second call finds every row done: nothing runs
     assert study.run_study(tiny_study(), jobs=2) == []
@@ -164,6 +167,22 @@ def test_a_dense_row_at_an_earlier_cap_continues_from_checkpoint_last(tiny_study
     rows["rows"][0]["stopped"] = "plateau"  # stopped by its own criterion: done whatever the cap
     results.write_text(json.dumps(rows))
     assert "slurp_dense_s1" in tiny_study().done
+
+
+def test_a_pruned_row_gets_the_longer_dense_runs_updates_at_most_a_sessions_share(tiny_study, monkeypatch):
+    """A pruned row waits for both dense rows of its corpus, then trains for the longer one's updates, capped at
+    PRUNED_MAX_UPDATES so that it ends inside one session; its target warm-up is a third of that."""
+    s = tiny_study()
+    pruned = ROWS[2]
+    assert s.needs(pruned)[2] == "the dense rows of slurp"
+    s.done[ROWS[0].name] = {"updates": 15147}
+    assert s.needs(pruned)[2] == "the dense rows of slurp"  # one seed is not enough
+    s.done[ROWS[1].name] = {"updates": 16929}
+    updates, teacher, waits = s.needs(pruned)
+    assert (updates, waits) == (study_plan.PRUNED_MAX_UPDATES, "") and teacher.endswith("slurp_dense_s1.pt")
+    assert f"criterion.target_warmup_updates={updates // 3}" in study_plan.overrides(pruned, updates, teacher)
+    monkeypatch.setattr(study, "PRUNED_MAX_UPDATES", 20000)  # below the cap: the longer dense run's updates
+    assert s.needs(pruned)[0] == 16929
 
 
 @pytest.mark.slow
