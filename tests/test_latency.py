@@ -2,6 +2,7 @@
 at gated sizes (differentiable), refusals of a table made for another model or device, and budget=latency in
 training."""
 import json
+import os
 
 import pytest
 import torch
@@ -152,6 +153,46 @@ def test_predicted_and_measured_latency_of_an_exported_model(tmp_path, small_w2v
         assert all(v > 0 for k, v in parts.items() if k != "other")
     dense_parts = exported["breakdown_ms"]["dense"]
     assert sum(v for k, v in dense_parts.items() if k != "total") == pytest.approx(dense_parts["total"], rel=1e-9)
+
+
+def test_the_export_report_predicts_and_measures_latency(tmp_path, small_w2v, noise_data, table_path, capsys):
+    """fairseq-prune-export --latency-table: the report's predicted ratio is fairseq-prune-latency's for the same
+    model; --measure-latency adds the measured one; a table of another architecture, or --measure-latency alone,
+    is refused before anything is written."""
+    from experiments.checkpoints import write_wav2vec2_checkpoint
+    from fairseq_prune.cli import export as export_cli
+    from fairseq_prune.cli import latency_check
+    from helpers import SMALL_W2V
+    from onnx_fixtures import write_gated_checkpoint
+
+    gated = write_gated_checkpoint(str(tmp_path / "gated.pt"), small_w2v, noise_data)
+    pruned = str(tmp_path / "pruned.pt")
+    parse = export_cli.get_parser().parse_args
+    summary = export_cli.main(parse([gated, pruned, "--latency-table", table_path, "--measure-latency"]))
+    out = capsys.readouterr().out
+    latency = summary["latency"]
+    row = latency_check.main(latency_check.get_parser().parse_args([table_path, small_w2v, pruned, "--rounds", "2"]))[0]
+    assert latency["predicted_latency_ratio"] == pytest.approx(row["predicted_latency_ratio"], abs=1e-4)
+    assert 0 < latency["predicted_latency_ratio"] < 1 and latency["device"] == "test-cpu"
+    assert latency["measured_speedup"] > 0 and latency["ms"] > 0 and latency["dense_ms"] > 0
+    assert f"= {latency['predicted_latency_ratio']:.3f} of dense (eager, 1 thread(s), batch 1, 1 s" in out
+    assert "latency measured:" in out
+    assert torch.load(pruned, weights_only=False)["pruning_summary"]["latency"] == latency
+    # predicted only: no timing, no measured keys
+    only = export_cli.main(parse([gated, pruned, "--force", "--latency-table", table_path]))["latency"]
+    assert "measured_speedup" not in only and only["predicted_ms"] == latency["predicted_ms"]
+
+    other = str(tmp_path / "other.pt")
+    write_wav2vec2_checkpoint(other, {**SMALL_W2V, "encoder_ffn_embed_dim": 48}, seed=0)
+    other_table = str(tmp_path / "other.json")
+    profile.main(profile.get_parser().parse_args([other, other_table, "--grid", "2", "--rounds", "1", "--seconds",
+                                                  "1"]))
+    fresh = str(tmp_path / "fresh.pt")
+    with pytest.raises(ValueError, match="made for another architecture"):
+        export_cli.main(parse([gated, fresh, "--latency-table", other_table]))
+    with pytest.raises(ValueError, match="--measure-latency needs --latency-table"):
+        export_cli.main(parse([gated, fresh, "--measure-latency"]))
+    assert not os.path.exists(fresh)
 
 
 def test_the_latency_check_refuses_a_table_of_another_architecture(tmp_path, table_path):

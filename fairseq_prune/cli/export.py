@@ -10,7 +10,10 @@ import torch
 
 from ..io.checkpoints import CheckpointError, atomic_outputs
 from ..export.prune import exported_state, load_gated, prune, target_dictionary
-from ..export.report import draw_architecture, format_table
+from ..cost import Wav2Vec2Shape
+from ..export.report import draw_architecture, format_latency, format_table
+from ..latency import LatencyTable
+from ..models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning
 from ..io.safe_output import OutputError, Terminated, check_output, claim, sigterm_raises, sweep_stale, writing
 from .startup import add_verbose_option
 
@@ -39,6 +42,14 @@ def get_parser() -> argparse.ArgumentParser:
         help="the model's dictionary, stored in OUTPUT so that decoding can check the one it is given (default: "
         "dict.{labels}.txt of the training run's task.data)",
     )
+    p.add_argument("--latency-table", metavar="TABLE.json",
+                   help="a latency table (fairseq-prune-profile) of the dense architecture: the report adds the "
+                        "latency it predicts for the exported model, as a ratio of the dense model's, beside the "
+                        "MACs and parameters (stored in the summary as 'latency')")
+    p.add_argument("--measure-latency", action="store_true",
+                   help="with --latency-table: also time the dense and the exported model side by side with the "
+                        "table's backend, threads, batch and input length (random weights at the dense sizes; "
+                        "fairseq-prune-latency's check) and report the measured ratio beside the predicted one")
     add_verbose_option(p)
     return p
 
@@ -109,18 +120,46 @@ def write_outputs(outputs: Dict[str, str], new_state: Dict, force: bool = True) 
         print(json.dumps(summary, indent=2), flush=True)
 
 
+def latency_summary(table: LatencyTable, state: Dict, result, measure: bool) -> Dict:
+    """The latency ``table`` predicts for the exported model and for the dense architecture it was pruned from
+    (refused when the table was made for another one), and with ``measure`` both timed side by side."""
+    from .latency_check import check_model
+
+    w2v_args = state["cfg"].model.w2v_args
+    dense = Wav2Vec2CtcPruning.from_w2v_args(w2v_args, result.model.w2v_encoder.proj.out_features,
+                                             **result.sizes_before.as_dict(skip_empty=True)).eval()
+    table.check(Wav2Vec2Shape.from_w2v_cfg(w2v_args.model))
+    dense_ms, ms = float(table.predict(result.sizes_before)), float(table.predict(result.sizes_after))
+    out = {"table": os.path.abspath(table.path), "device": table.data.get("device"),
+           "backend": table.data.get("backend", "eager"), "threads": table.data.get("threads"),
+           "batch": table.data.get("batch"), "seconds": table.data.get("seconds"),
+           "predicted_dense_ms": round(dense_ms, 3), "predicted_ms": round(ms, 3),
+           "predicted_latency_ratio": round(ms / dense_ms, 4)}
+    if measure:
+        checked = check_model(table, dense, result.model, rounds=10)
+        out.update({k: checked[k] for k in ("measured_latency_ratio", "measured_speedup", "dense_ms", "ms")})
+    return out
+
+
 def main(args: argparse.Namespace) -> Dict:
     if args.round_to < 1:
         raise ValueError(f"--round-to must be >= 1, got {args.round_to}")
+    if args.measure_latency and not args.latency_table:
+        raise ValueError("--measure-latency needs --latency-table (the table's settings say what to time)")
+    table = LatencyTable.load(args.latency_table) if args.latency_table else None  # read before any work
     outputs = check_outputs(args)
     with claim(outputs.values()):  # from the checks to the commit: a second export of these files refuses
         state, model = load_gated(args.input)
         dictionary = target_dictionary(state, model.w2v_encoder.proj.out_features, args.dictionary, args.input)
         result = prune(model, state["cfg"].model, round_to=args.round_to)
         new_state = exported_state(state, result, os.path.abspath(args.input), dictionary)
+        if table is not None:
+            new_state["pruning_summary"]["latency"] = latency_summary(table, state, result, args.measure_latency)
         report = sys.stderr if args.summary_json == "-" else sys.stdout  # stdout holds the JSON alone
         write_outputs(outputs, new_state, force=args.force)
     print(format_table(result), file=report)
+    if table is not None:
+        print(format_latency(new_state["pruning_summary"]["latency"]), file=report)
     n = sum(p.numel() for p in result.model.parameters())
     print(f"wrote {args.output}: {n / 1e6:.3f}M parameters", file=report)
     return new_state["pruning_summary"]

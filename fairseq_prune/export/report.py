@@ -79,6 +79,20 @@ def format_table(result: ExportResult) -> str:
     return "\n".join(lines)
 
 
+def format_latency(latency: Dict) -> str:
+    """The summary's ``latency`` (``fairseq-prune-export --latency-table``) on one or two lines: predicted, and
+    measured where it was timed."""
+    setting = (f"{latency['backend']}, {latency['threads']} thread(s), batch {latency['batch']}, "
+               f"{float(latency['seconds']):g} s, table of {latency['device']}")
+    lines = [f"  latency predicted: {latency['predicted_ms']:.1f} ms vs dense {latency['predicted_dense_ms']:.1f} ms "
+             f"= {latency['predicted_latency_ratio']:.3f} of dense ({setting})"]
+    if "measured_latency_ratio" in latency:
+        lines.append(f"  latency measured:  {latency['ms']:.1f} ms vs dense {latency['dense_ms']:.1f} ms "
+                     f"= {latency['measured_latency_ratio']:.3f} of dense (speed-up "
+                     f"{latency['measured_speedup']:.2f}x, timed side by side here, random weights)")
+    return "\n".join(lines)
+
+
 def draw_architecture(summary: Dict, title: Optional[str] = None):
     """A figure with bars per layer: conv channels, attention heads and FFN units kept, over the sizes before
     export."""
