@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+from typing import Optional
 
 from .common import PY, REPO, START_MODEL, command_env, log, run
 from .corpora import SUBSETS
@@ -67,10 +68,12 @@ def decode(manifest: str, subset: str, checkpoint: str, results: str) -> dict:
         return json.load(f)
 
 
-def export(checkpoint: str, out: str, plot: str) -> dict:
-    """fairseq-prune-export; returns the pruning summary."""
+def export(checkpoint: str, out: str, plot: str, latency_table: Optional[str] = None) -> dict:
+    """fairseq-prune-export; returns the pruning summary (with ``latency_table``: its ``latency``, predicted and
+    measured)."""
     summary = out + ".summary.json"
-    run(["fairseq-prune-export", checkpoint, out, "--force", "--plot", plot, "--summary-json", summary],
+    latency = ["--latency-table", latency_table, "--measure-latency"] if latency_table else []
+    run(["fairseq-prune-export", checkpoint, out, "--force", "--plot", plot, "--summary-json", summary, *latency],
         log_file=out + ".export.log")
     with open(summary) as f:
         return json.load(f)

@@ -28,7 +28,8 @@ from .runner import decode, export, train
 from .study_files import (RowFiles, commit_files, git_head, held_out_problem, read_counts, record_invocation,
                           set_aside_unreadable, stop_reason, training_log, validation_curve,
                           write_counts)
-from .study_plan import DENSE_MAX_UPDATES, METHODS, PRUNED_MAX_UPDATES, Row, overrides, protocol_rows, rows
+from .study_plan import (DENSE_MAX_UPDATES, LATENCY_TABLE, LATENCY_TABLE_COMMAND, METHODS, PRUNED_MAX_UPDATES, Row,
+                         overrides, protocol_rows, rows)
 
 RESULTS = os.path.join(REPO, "docs", "results")
 ASSETS = os.path.join(REPO, "assets", "study")
@@ -44,6 +45,7 @@ class Study:
         self.work, self.manifests, self.results, self.assets = work, manifests, results, assets
         self.commit, self.threads = commit, threads
         self.path = os.path.join(results, "study.json")
+        self.latency_table = os.path.join(assets, os.path.basename(LATENCY_TABLE))
         self.lock = threading.Lock()
         self.done: Dict[str, Dict] = {}
         self.continued: Dict[str, Dict] = {}  # committed dense rows at an earlier cap, being trained further
@@ -98,7 +100,10 @@ class Study:
         dense = [self.done.get(Row(row.corpus, "dense", s).name) for s in (1, 2)]
         if None in dense:
             return None, None, f"the dense rows of {row.corpus}"
-        return min(max(r["updates"] for r in dense), PRUNED_MAX_UPDATES), self.files(Row(row.corpus, "dense", 1).name).model, ""
+        if row.method == "HJ-Pruning-latency" and not os.path.exists(self.latency_table):
+            return None, None, f"the latency table {self.latency_table} (made by: {LATENCY_TABLE_COMMAND})"
+        updates = min(max(r["updates"] for r in dense), PRUNED_MAX_UPDATES)
+        return updates, self.files(Row(row.corpus, "dense", 1).name).model, ""
 
     def start_model(self, row: Row) -> str:
         if row.method == "small-dense":
@@ -114,7 +119,7 @@ class Study:
         save = os.path.join(self.work, "runs", row.name)
         trained = set_aside_unreadable(save)  # and the updates its checkpoint_last.pt has made
         recipe = METHODS[row.method][0]
-        extra = overrides(row, updates, teacher)
+        extra = overrides(row, updates, teacher, self.latency_table)
         t0 = time.time()
         best = os.path.join(save, "checkpoint_best.pt")
         if trained < updates:  # fairseq resumed at its max_update still makes one more update
@@ -128,11 +133,17 @@ class Study:
             model, costs = self.ship_dense(row, best, curve, minutes)
         else:
             model = os.path.join(save, "pruned.pt")
-            summary = export(best, model, os.path.join(save, "architecture.png"))
+            table = self.latency_table if os.path.exists(self.latency_table) else None
+            if table is None:
+                log(f"study: {row.name}: no latency table at {self.latency_table}: no predicted or measured "
+                    "latency")
+            summary = export(best, model, os.path.join(save, "architecture.png"), latency_table=table)
             costs = {"params": summary["after"]["params"], "macs": summary["after"]["macs"],
                      "macs_ratio": summary["after"]["macs"] / summary["before"]["macs"],
                      "architecture": {k: summary["after"][k] for k in ("conv_channels", "attention_heads",
                                                                       "ffn_units")}}
+            if "latency" in summary:  # predicted by the table, and both models timed side by side at export
+                costs["latency"] = {k: v for k, v in summary["latency"].items() if k != "table"}
         scores = decode(self.manifests[row.corpus], SUBSETS[row.corpus]["test"], model,
                         os.path.join(save, "decode-test"))
         ids, counts = bootstrap.utterance_counts(os.path.join(save, "decode-test"))

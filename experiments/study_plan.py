@@ -49,7 +49,14 @@ METHODS = {
     "CNN-only": ("cnn_only", ["criterion.budget=macs"]),
     "Transformer-only": ("transformer_only", ["criterion.budget=macs"]),
     "gates-only": ("hj_macs", []),
+    "HJ-Pruning-latency": ("hj_macs", ["criterion.budget=latency"]),
 }
+#: the latency table of the mini architecture on the study's machine (eager PyTorch, 1 thread, batch 1, 10 s),
+#: relative to the repository: the latency rows' budget, and every pruned row's predicted latency at export
+LATENCY_TABLE = "assets/study/latency_mini_eager_1thread.json"
+#: how the table was made (run from the repository root, on an idle machine)
+LATENCY_TABLE_COMMAND = f"fairseq-prune-profile assets/pretrained/wav2vec2_mini.pt {LATENCY_TABLE} --force"
+
 CORPORA = ("slurp", "librispeech")
 
 
@@ -101,6 +108,8 @@ def rows() -> List[Row]:
         for target in (0.5, 0.7):
             for distill in ("layers", "none"):
                 out += _pruned(corpus, "HJ-Pruning-MAC", target, distill, seeds=(1, 2))
+    for corpus in CORPORA:  # beside HJ-Pruning-MAC 0.5: the budget spent by measured time instead of MACs
+        out += _pruned(corpus, "HJ-Pruning-latency", 0.5, "layers")
     for corpus in CORPORA:
         for target in (0.4, 0.6, 0.8):
             out += _pruned(corpus, "HJ-Pruning-MAC", target, "layers")
@@ -124,10 +133,10 @@ def target_overrides(row: Row) -> List[str]:
     return [f"criterion.target={row.target[0]}"]
 
 
-def overrides(row: Row, updates: int, teacher: Optional[str]) -> List[str]:
+def overrides(row: Row, updates: int, teacher: Optional[str], latency_table: str = LATENCY_TABLE) -> List[str]:
     """fairseq-hydra-train overrides of ``row`` beyond data, start model, updates, seed and save folder.
     ``updates``: the dense rows' cap, or a pruned row's ``U``; ``teacher``: the corpus's dense model (distilled
-    rows)."""
+    rows); ``latency_table``: the latency rows' table."""
     out = [f"dataset.max_tokens={MAX_TOKENS}", "dataset.validate_interval=1", "dataset.validate_interval_updates=0",
            "checkpoint.save_interval=1", "checkpoint.save_interval_updates=0", "common.log_interval=100",
            # epoch checkpoints are written atomically, checkpoint_last.pt is copied from them: a run killed during
@@ -137,6 +146,8 @@ def overrides(row: Row, updates: int, teacher: Optional[str]) -> List[str]:
     if row.dense:
         return out + [f"optimization.lr=[{LR}]"]
     out += METHODS[row.method][1] + target_overrides(row)
+    if row.method == "HJ-Pruning-latency":
+        out.append(f"criterion.latency_table={latency_table}")
     out += [f"criterion.target_warmup_updates={max(updates // 3, 1)}",
             f"optimizer.groups.default.lr_float={LR_FROM_DENSE if row.prune_from == 'dense' else LR}"]
     return out + distill_overrides(row.distill, teacher)

@@ -21,6 +21,12 @@ def _diff(r: Dict, key: str) -> str:
     return f"{r[f'{key}_vs_dense']:+.1f} [{low:+.1f}, {high:+.1f}]"
 
 
+def _speedup(r: Dict) -> str:
+    """The speed-up over dense measured at export (both models side by side, the latency table's settings)."""
+    latency = r.get("latency")
+    return f"{latency['measured_speedup']:.2f}x" if latency and "measured_speedup" in latency else "–"
+
+
 def _label(r: Dict) -> str:
     target = "" if r["target"] is None else " " + "/".join(f"{t:g}" for t in r["target"])
     extra = "" if r["method"] in ("dense", "small-dense") else f", distill {r['distill']}, from {r['prune_from']}"
@@ -34,22 +40,26 @@ def study_markdown(rows: List[Dict]) -> str:
            "Made by `python scripts/study.py --protocol converged` (each row's own command and commit are in "
            "study.json). Test sets: mini LibriSpeech test-clean 840 utterances, mini SLURP test 846 recordings, "
            "40 voices each. [low, high]: 95% bootstrap interval over utterances; vs dense: paired bootstrap "
-           "interval of the difference to the dense model of the same seed.", ""]
+           "interval of the difference to the dense model of the same seed. speed-up: dense time / this "
+           "model's, both timed side by side at export (eager PyTorch, 1 thread, batch 1, 10 s; another run "
+           "shared the machine).", ""]
     for corpus in ("librispeech", "slurp"):
         these = [r for r in rows if r["corpus"] == corpus]
         if not these:
             continue
         out += [f"## {corpus}", ""]
         if corpus == "slurp":
-            out += ["| row | seed | MACs | intent acc. | vs dense | transcript WER | vs dense | updates | min |",
-                    "|---|---|---|---|---|---|---|---|---|"]
-            out += [f"| {_label(r)} | {r['seed']} | {r['macs_ratio']:.2f} | "
+            out += ["| row | seed | MACs | speed-up | intent acc. | vs dense | transcript WER | vs dense | updates "
+                    "| min |", "|---|---|---|---|---|---|---|---|---|---|"]
+            out += [f"| {_label(r)} | {r['seed']} | {r['macs_ratio']:.2f} | {_speedup(r)} | "
                     f"{_ci(r, 'intent_accuracy', 'intent_ci')} | {_diff(r, 'intent_accuracy')} | "
                     f"{_ci(r, 'transcript_wer', 'transcript_wer_ci')} | {_diff(r, 'transcript_wer')} | "
                     f"{r['updates']} | {r['minutes']:.0f} |" for r in these]
         else:
-            out += ["| row | seed | MACs | WER | vs dense | updates | min |", "|---|---|---|---|---|---|---|"]
-            out += [f"| {_label(r)} | {r['seed']} | {r['macs_ratio']:.2f} | {_ci(r, 'wer', 'wer_ci')} | "
+            out += ["| row | seed | MACs | speed-up | WER | vs dense | updates | min |",
+                    "|---|---|---|---|---|---|---|---|"]
+            out += [f"| {_label(r)} | {r['seed']} | {r['macs_ratio']:.2f} | {_speedup(r)} | "
+                    f"{_ci(r, 'wer', 'wer_ci')} | "
                     f"{_diff(r, 'wer')} | {r['updates']} | {r['minutes']:.0f} |" for r in these]
         out.append("")
         for r in these:

@@ -63,6 +63,10 @@ def tiny_study(tmp_path, small_w2v, monkeypatch):
 @pytest.mark.slow
 def test_rows_finish_with_intervals_then_are_skipped_and_corrupt_ones_rerun(tiny_study, tmp_path, capsys):
     s = tiny_study()
+    from fairseq_prune.cli import profile
+    os.makedirs(os.path.dirname(s.latency_table))
+    profile.main(profile.get_parser().parse_args([study.PRETRAINED_MODEL, s.latency_table, "--grid", "2", "--rounds",
+                                                  "1", "--seconds", "1"]))
     finished = study.run_study(s, jobs=2)
     assert sorted(r["name"] for r in finished) == sorted(r.name for r in ROWS)
     saved = json.load(open(tmp_path / "results" / "study.json"))["rows"]
@@ -77,6 +81,9 @@ def test_rows_finish_with_intervals_then_are_skipped_and_corrupt_ones_rerun(tiny
     # exported (24 updates close no gate yet): its costs and per-layer sizes come from the export summary
     assert 0 < pruned["macs_ratio"] <= 1.0 and pruned["macs"] == pytest.approx(pruned["macs_ratio"] * dense["macs"])
     assert set(pruned["architecture"]) == {"conv_channels", "attention_heads", "ffn_units"}
+    # the latency table predicted the exported model's latency and both models were timed at export
+    assert 0 < pruned["latency"]["predicted_latency_ratio"] <= 1.0 + 1e-6 and pruned["latency"]["measured_speedup"] > 0
+    assert "latency" not in dense
     low, high = pruned["wer_vs_dense_ci"]
     assert low <= pruned["wer_vs_dense"] <= high
     assert os.path.exists(tmp_path / "assets" / "slurp_dense_s1.pt")  # the teacher, weights only
@@ -183,6 +190,17 @@ def test_a_pruned_row_gets_the_longer_dense_runs_updates_at_most_a_sessions_shar
     assert f"criterion.target_warmup_updates={updates // 3}" in study_plan.overrides(pruned, updates, teacher)
     monkeypatch.setattr(study, "PRUNED_MAX_UPDATES", 20000)  # below the cap: the longer dense run's updates
     assert s.needs(pruned)[0] == 16929
+    # the latency rows also wait for the committed latency table, and name the command that makes it
+    latency = Row("slurp", "HJ-Pruning-latency", 1, (0.5,), "layers", "dense")
+    assert s.needs(latency)[2] == (f"the latency table {s.latency_table} (made by: fairseq-prune-profile "
+                                   "assets/pretrained/wav2vec2_mini.pt assets/study/latency_mini_eager_1thread.json "
+                                   "--force)")
+    os.makedirs(os.path.dirname(s.latency_table), exist_ok=True)
+    with open(s.latency_table, "w") as f:
+        f.write("{}")
+    assert s.needs(latency)[2] == ""
+    o = study_plan.overrides(latency, 9000, "/t.pt", s.latency_table)
+    assert "criterion.budget=latency" in o and f"criterion.latency_table={s.latency_table}" in o
 
 
 @pytest.mark.slow
