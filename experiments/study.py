@@ -137,7 +137,8 @@ class Study:
             if table is None:
                 log(f"study: {row.name}: no latency table at {self.latency_table}: no predicted or measured "
                     "latency")
-            summary = export(best, model, os.path.join(save, "architecture.png"), latency_table=table)
+            os.makedirs(os.path.dirname(files.architecture), exist_ok=True)
+            summary = export(best, model, files.architecture, latency_table=table)
             costs = {"params": summary["after"]["params"], "macs": summary["after"]["macs"],
                      "macs_ratio": summary["after"]["macs"] / summary["before"]["macs"],
                      "architecture": {k: summary["after"][k] for k in ("conv_channels", "attention_heads",
@@ -161,6 +162,8 @@ class Study:
                 paths = [self.path, files.counts, files.curve, os.path.splitext(self.path)[0] + ".md", *self.plots()]
                 if row.dense:
                     paths += [files.model, os.path.splitext(files.model)[0] + ".json"]
+                else:
+                    paths.append(files.architecture)
                 commit_files(paths, f"study: {row.name} ({self.cells(result)})")
         return result
 

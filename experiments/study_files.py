@@ -20,6 +20,8 @@ class RowFiles:
         self.counts = os.path.join(results, "study", "utterances", f"{name}.tsv")
         self.curve = os.path.join(results, "study", "curves", f"{name}.json")
         self.model = os.path.join(assets, f"{name}.pt")
+        #: a pruned row's exported architecture per layer (fairseq-prune-export --plot)
+        self.architecture = os.path.join(results, "study", "architecture", f"{name}.png")
 
     def problem(self, dense: bool) -> Optional[str]:
         """Why the row cannot be reused (a missing or unreadable file, named), or None."""

@@ -84,6 +84,7 @@ def test_rows_finish_with_intervals_then_are_skipped_and_corrupt_ones_rerun(tiny
     # the latency table predicted the exported model's latency and both models were timed at export
     assert 0 < pruned["latency"]["predicted_latency_ratio"] <= 1.0 + 1e-6 and pruned["latency"]["measured_speedup"] > 0
     assert "latency" not in dense
+    assert os.path.getsize(tmp_path / "results" / "study" / "architecture" / f"{pruned['name']}.png") > 0
     low, high = pruned["wer_vs_dense_ci"]
     assert low <= pruned["wer_vs_dense"] <= high
     assert os.path.exists(tmp_path / "assets" / "slurp_dense_s1.pt")  # the teacher, weights only
