@@ -152,16 +152,6 @@ def record_invocation(save: str, minutes: float) -> float:
     return round(max(sum(r["minutes"] for r in runs), logged_wall_minutes(training_log(save))), 1)
 
 
-def trained_updates(save: str) -> int:
-    """The updates ``save/checkpoint_last.pt`` has made (0 without one): a run at its target is not resumed."""
-    last = os.path.join(save, "checkpoint_last.pt")
-    if not os.path.exists(last):
-        return 0
-    from fairseq_prune.io.checkpoints import read_checkpoint
-
-    return _updates(read_checkpoint(last))
-
-
 def stop_reason(log_path: str) -> Optional[str]:
     """Why a dense run's training ended: ``"plateau"`` (fairseq stopped it at ``optimization.stop_min_lr``, the
     protocol's criterion), ``"cap"`` (a log without that line: it reached ``max_update``), None without a log."""

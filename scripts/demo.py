@@ -158,19 +158,26 @@ def study_demo(args: argparse.Namespace, t0: float) -> List[Dict]:
     rows = demo_study.runs(args, manifests, references)
     time_against_dense(rows, manifests)
     table = demo_study.comparison_table(rows, demo_study.read_study_rows(), args.target)
+    write_results(args, t0, table, {"rows": rows}, lambda minutes: (
+        f"Here: this machine, `make demo` (protocol study) in {minutes} min: the study's shipped dense model of each "
+        f"corpus decoded, and pruned from it with layer-wise distillation for {args.updates} updates. Study: the "
+        f"committed rows of docs/results/study.json (95% bootstrap intervals over the test utterances). WER: of the "
+        f"transcript (SLURP's intent token not counted); speed-up: median CPU latency of the dense model / the "
+        f"exported model, 10 s input, batch 1, 1 thread."))
+    return rows
+
+
+def write_results(args: argparse.Namespace, t0: float, table: str, data: Dict, note) -> float:
+    """Print ``table`` with the minutes since ``t0``, and write results/demo.json (``data``, the minutes and the
+    arguments) and results/demo.md (``table`` and ``note(minutes)``); returns the minutes."""
     minutes = round((time.time() - t0) / 60, 1)
     print("\n" + table + f"\n\n(total {minutes} min)")
     with open(os.path.join(args.results, "demo.json"), "w") as f:
-        json.dump({"rows": rows, "minutes": minutes, "args": vars(args)}, f, indent=1)
+        json.dump({**data, "minutes": minutes, "args": vars(args)}, f, indent=1)
     with open(os.path.join(args.results, "demo.md"), "w") as f:
-        f.write(table + f"\n\nHere: this machine, `make demo` (protocol study) in {minutes} min: the study's shipped "
-                f"dense model of each corpus decoded, and pruned from it with layer-wise distillation for "
-                f"{args.updates} updates. Study: the committed rows of docs/results/study.json (95% bootstrap "
-                f"intervals over the test utterances). WER: of the transcript (SLURP's intent token not counted); "
-                f"speed-up: median CPU latency of the dense model / the exported model, 10 s input, batch 1, "
-                f"1 thread.\n")
+        f.write(table + "\n\n" + note(minutes) + "\n")
     log(f"done in {minutes} min: results/demo.md, results/demo.json, results/arch-*.png")
-    return rows
+    return minutes
 
 
 def main(args: argparse.Namespace) -> List[Dict]:
@@ -190,21 +197,13 @@ def main(args: argparse.Namespace) -> List[Dict]:
     rows = runs(args, manifests, threads)
     time_against_dense(rows, manifests)
     summary = summarise_seeds(rows)
-    md = demo_table(summary)
-    minutes = round((time.time() - t0) / 60, 1)
-    print("\n" + md + f"\n\n(total {minutes} min)")
-    with open(os.path.join(args.results, "demo.json"), "w") as f:
-        json.dump({"summary": summary, "rows": rows, "minutes": minutes, "args": vars(args)}, f, indent=1)
-    with open(os.path.join(args.results, "demo.md"), "w") as f:
-        f.write(md + f"\n\nMean over seeds {args.seeds} (each seed's value in brackets). WER: word error rate of "
-                f"the transcript (the intent token of SLURP labels not counted); speed-up: median CPU latency of the "
-                f"dense model / the exported model, 10 s input, batch 1, 1 thread. Made by `make demo` in {minutes} "
-                f"min (protocol {args.protocol}: {args.updates} updates per run, pruning from the "
-                f"{args.prune_from} model" + (f", distillation weight {args.distill}" if args.distill else "")
-                + ").\n")
     plot_accuracy_vs_gmacs(summary, os.path.join(args.results, "accuracy_vs_gmacs.png"))
-    log(f"done in {minutes} min: results/demo.md, results/demo.json, results/arch-*.png, "
-        "results/accuracy_vs_gmacs.png")
+    write_results(args, t0, demo_table(summary), {"summary": summary, "rows": rows}, lambda minutes: (
+        f"Mean over seeds {args.seeds} (each seed's value in brackets). WER: word error rate of the transcript (the "
+        f"intent token of SLURP labels not counted); speed-up: median CPU latency of the dense model / the exported "
+        f"model, 10 s input, batch 1, 1 thread. Made by `make demo` in {minutes} min (protocol {args.protocol}: "
+        f"{args.updates} updates per run, pruning from the {args.prune_from} model"
+        + (f", distillation weight {args.distill}" if args.distill else "") + ")."))
     return rows
 
 
