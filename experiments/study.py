@@ -28,8 +28,8 @@ from .runner import decode, export, train
 from .study_files import (RowFiles, commit_files, git_head, held_out_problem, read_counts, record_invocation,
                           set_aside_unreadable, stop_reason, training_log, validation_curve,
                           write_counts)
-from .study_plan import (DENSE_MAX_UPDATES, LATENCY_TABLE, LATENCY_TABLE_COMMAND, METHODS, PRUNED_MAX_UPDATES, Row,
-                         overrides, protocol_rows, rows)
+from .study_plan import (DENSE_MAX_UPDATES, FINETUNE_MAX_UPDATES, LATENCY_TABLE, LATENCY_TABLE_COMMAND, METHODS,
+                         PRUNED_MAX_UPDATES, Row, overrides, protocol_rows, rows)
 
 RESULTS = os.path.join(REPO, "docs", "results")
 ASSETS = os.path.join(REPO, "assets", "study")
@@ -97,6 +97,13 @@ class Study:
         if row.dense:
             start = PRETRAINED_MODEL if row.method == "dense" else SMALL_PRETRAINED
             return DENSE_MAX_UPDATES, None, held_out_problem(start)
+        if row.finetune:
+            if row.source.name not in self.done:
+                return None, None, f"the row {row.source.name}"
+            shipped = self.files(row.source.name).model
+            if not os.path.exists(shipped):
+                return None, None, f"{row.source.name}'s exported model {shipped}"
+            return FINETUNE_MAX_UPDATES, None, ""
         dense = [self.done.get(Row(row.corpus, "dense", s).name) for s in (1, 2)]
         if None in dense:
             return None, None, f"the dense rows of {row.corpus}"
@@ -108,6 +115,8 @@ class Study:
     def start_model(self, row: Row) -> str:
         if row.method == "small-dense":
             return SMALL_PRETRAINED
+        if row.finetune:
+            return self.files(row.source.name).model
         if row.prune_from == "dense":
             return self.files(Row(row.corpus, "dense", 1).name).model
         return PRETRAINED_MODEL
@@ -118,7 +127,7 @@ class Study:
         updates, teacher, _ = self.needs(row)
         save = os.path.join(self.work, "runs", row.name)
         trained = set_aside_unreadable(save)  # and the updates its checkpoint_last.pt has made
-        recipe = METHODS[row.method][0]
+        recipe = "dense_converged" if row.finetune else METHODS[row.method][0]
         extra = overrides(row, updates, teacher, self.latency_table)
         t0 = time.time()
         best = os.path.join(save, "checkpoint_best.pt")
@@ -131,6 +140,11 @@ class Study:
         curve = validation_curve(training_log(save), subset)
         if row.dense:
             model, costs = self.ship_dense(row, best, curve, minutes)
+        elif row.finetune:  # trained without gates at the exported sizes: decoded as it is
+            from .runner import dense_costs
+
+            model, costs = best, dense_costs(best, self.manifests[row.corpus])
+            costs["macs_ratio"] = costs["macs"] / self.dense_macs(row, costs["macs"])
         else:
             model = os.path.join(save, "pruned.pt")
             table = self.latency_table if os.path.exists(self.latency_table) else None
@@ -145,6 +159,11 @@ class Study:
                                                                       "ffn_units")}}
             if "latency" in summary:  # predicted by the table, and both models timed side by side at export
                 costs["latency"] = {k: v for k, v in summary["latency"].items() if k != "table"}
+            if self.is_source(row):  # a later row fine-tunes it: shipped, weights only
+                from experiments.checkpoints import ship_checkpoint
+
+                ship_checkpoint(model, files.model, "study_model", {"made_by": COMMAND, "row": row.name,
+                                                                    "commit": git_head()})
         scores = decode(self.manifests[row.corpus], SUBSETS[row.corpus]["test"], model,
                         os.path.join(save, "decode-test"))
         ids, counts = bootstrap.utterance_counts(os.path.join(save, "decode-test"))
@@ -162,10 +181,14 @@ class Study:
                 paths = [self.path, files.counts, files.curve, os.path.splitext(self.path)[0] + ".md", *self.plots()]
                 if row.dense:
                     paths += [files.model, os.path.splitext(files.model)[0] + ".json"]
-                else:
-                    paths.append(files.architecture)
+                elif not row.finetune:
+                    paths += [files.architecture] + ([files.model] if self.is_source(row) else [])
                 commit_files(paths, f"study: {row.name} ({self.cells(result)})")
         return result
+
+    def is_source(self, row: Row) -> bool:
+        """Whether a row of the plan fine-tunes ``row``'s exported model."""
+        return any(r.finetune and r.source == row for r in all_rows_resolved(self))
 
     def ship_dense(self, row: Row, best: str, curve: List[Dict], minutes: float) -> Tuple[str, Dict]:
         """The dense model as later rows need it: weights only, float16, with its provenance."""
@@ -192,6 +215,7 @@ class Study:
         out = {"name": row.name, "corpus": row.corpus, "method": row.method,
                "target": list(row.target) if row.target else None, "seed": row.seed,
                "distill": row.distill if not row.dense else "none", "prune_from": None if row.dense else row.prune_from,
+               "finetuned_after_export": row.finetune,
                **costs, "test_utterances": len(decoded[0]), "updates": curve[-1]["update"] if curve else updates,
                "minutes": minutes, "best_dev": min(p["wer_in_budget"] for p in curve),
                "commit": git_head(), "command": f"{COMMAND} --only {row.name}"}
@@ -204,7 +228,7 @@ class Study:
                 diff, diff_ci = bootstrap.paired_interval(decoded, reference, m)
                 out[f"{m}_vs_dense"], out[f"{m}_vs_dense_ci"] = diff, diff_ci
         out["summary_wer"] = scores.get("wer")  # fairseq-prune-infer's own number (equals "wer")
-        if not row.dense and row.prune_from == "ssl":
+        if not row.dense and not row.finetune and row.prune_from == "ssl":
             out["dense_best_dev_by_then"] = self.dense_dev_by(row, out["updates"])
         return out
 

@@ -14,6 +14,9 @@ Protocol (README, "The study at convergence"):
   the recipes at the dense run's peak learning rate; ``prune_from`` ``ssl`` prunes while fine-tuning from the
   self-supervised model (the paper), ``dense`` prunes the converged dense model (CoFiPruning's way, lower peak
   learning rate); ``auto`` takes whichever of the two protocol rows scored better on dev.
+* **fine-tuned after export** (``finetune``): the exported model of the headline row HJ-Pruning-MAC 0.5 with
+  layer-wise distillation (seed 1), shipped weights-only when that row ends, trained further without gates with
+  CTC (the dense recipe at :data:`FINETUNE_LR`, stopping after three halvings or :data:`FINETUNE_MAX_UPDATES`).
 * distillation ``layers``: output KL (weight 1) + hidden states after layers 2, 4 and 6 (weight 1) from the
   dense teacher; ``output``: the KL alone; ``none``.
 
@@ -32,6 +35,10 @@ DENSE_MAX_UPDATES = 24000
 #: model has then trained for the dense run's updates and these; one pruned from the self-supervised model has
 #: fewer updates than the dense row (README, "The study at convergence", says how the two compare)
 PRUNED_MAX_UPDATES = 10000
+#: fine-tuning an exported model after pruning: at most these updates, reduce-on-plateau from this peak learning
+#: rate down to an eighth of it (three halvings, the dense rows' stopping rule)
+FINETUNE_MAX_UPDATES = 5000
+FINETUNE_LR = 0.0001
 MAX_TOKENS = 160000
 #: peak learning rate of every run's model weights, and of pruning a converged dense model
 LR = 0.0005
@@ -71,10 +78,19 @@ class Row:
     target: Optional[Tuple[float, ...]] = None
     distill: str = "none"
     prune_from: str = "ssl"
+    #: fine-tune the exported model of the same row without it (:meth:`source`) with CTC, no gates
+    finetune: bool = False
 
     @property
     def dense(self) -> bool:
         return self.method in ("dense", "small-dense")
+
+    @property
+    def source(self) -> Optional["Row"]:
+        """The pruned row whose exported model a fine-tuning row starts from (None for other rows)."""
+        if not self.finetune:
+            return None
+        return Row(self.corpus, self.method, self.seed, self.target, self.distill, self.prune_from)
 
     @property
     def name(self) -> str:
@@ -83,10 +99,10 @@ class Row:
             parts.append("-".join(f"{t:g}" for t in self.target))
         if not self.dense:
             parts += [self.distill, f"from-{self.prune_from}"]
-        return "_".join(parts + [f"s{self.seed}"])
+        return "_".join(parts + ["ft"] * self.finetune + [f"s{self.seed}"])
 
     def resolved(self, prune_from: str) -> "Row":
-        return Row(self.corpus, self.method, self.seed, self.target, self.distill, prune_from)
+        return Row(self.corpus, self.method, self.seed, self.target, self.distill, prune_from, self.finetune)
 
 
 def _pruned(corpus: str, method: str, target, distill: str, seeds=(1,), prune_from: str = "auto") -> List[Row]:
@@ -108,6 +124,8 @@ def rows() -> List[Row]:
         for target in (0.5, 0.7):
             for distill in ("layers", "none"):
                 out += _pruned(corpus, "HJ-Pruning-MAC", target, distill, seeds=(1, 2))
+    for corpus in CORPORA:  # the headline pruned model, fine-tuned after export (no gates, CTC)
+        out += [Row(corpus, "HJ-Pruning-MAC", 1, (0.5,), "layers", "auto", finetune=True)]
     for corpus in CORPORA:  # beside HJ-Pruning-MAC 0.5: the budget spent by measured time instead of MACs
         out += _pruned(corpus, "HJ-Pruning-latency", 0.5, "layers")
     for corpus in CORPORA:
@@ -145,6 +163,9 @@ def overrides(row: Row, updates: int, teacher: Optional[str], latency_table: str
            "checkpoint.best_checkpoint_metric=wer_in_budget", "checkpoint.maximize_best_checkpoint_metric=false"]
     if row.dense:
         return out + [f"optimization.lr=[{LR}]"]
+    if row.finetune:  # the dense recipe on the exported model
+        return out + [f"optimization.lr=[{FINETUNE_LR}]", f"optimization.stop_min_lr={FINETUNE_LR / 8}",
+                      f"lr_scheduler.warmup_init_lr={FINETUNE_LR / 4}", "lr_scheduler.warmup_updates=500"]
     out += METHODS[row.method][1] + target_overrides(row)
     if row.method == "HJ-Pruning-latency":
         out.append(f"criterion.latency_table={latency_table}")

@@ -30,7 +30,8 @@ def _speedup(r: Dict) -> str:
 def _label(r: Dict) -> str:
     target = "" if r["target"] is None else " " + "/".join(f"{t:g}" for t in r["target"])
     extra = "" if r["method"] in ("dense", "small-dense") else f", distill {r['distill']}, from {r['prune_from']}"
-    return f"{r['method']}{target}{extra}"
+    tuned = ", fine-tuned after export" if r.get("finetuned_after_export") else ""
+    return f"{r['method']}{target}{extra}{tuned}"
 
 
 def study_markdown(rows: List[Dict]) -> str:

@@ -205,6 +205,30 @@ def test_a_pruned_row_gets_the_longer_dense_runs_updates_at_most_a_sessions_shar
 
 
 @pytest.mark.slow
+def test_a_pruned_model_is_fine_tuned_after_export_from_its_shipped_weights(tiny_study, tmp_path, monkeypatch):
+    """A fine-tuning row waits for its pruned row, which then ships its exported model weights-only; the row
+    trains that model without gates (CTC, the dense recipe) at the exported sizes, and is reported as such."""
+    ft = Row("slurp", "HJ-Pruning-MAC", 1, (0.5,), "layers", "ssl", finetune=True)
+    assert ft.source == ROWS[2] and ft.name == ROWS[2].name.replace("_s1", "_ft_s1")
+    monkeypatch.setattr(study, "rows", lambda: list(ROWS) + [ft])
+    monkeypatch.setattr(study, "FINETUNE_MAX_UPDATES", 16)
+    s = tiny_study()
+    assert s.needs(ft)[2] == f"the row {ROWS[2].name}"
+    finished = study.run_study(s, jobs=2)
+    assert [r["name"] for r in finished][-1] == ft.name  # after its source
+    saved = {r["name"]: r for r in json.load(open(tmp_path / "results" / "study.json"))["rows"]}
+    source, tuned = saved[ROWS[2].name], saved[ft.name]
+    shipped = tmp_path / "assets" / f"{ROWS[2].name}.pt"
+    state = torch.load(shipped, weights_only=False)
+    assert state["last_optimizer_state"] is None and state["study_model"]["row"] == ROWS[2].name
+    assert tuned["architecture"] == source["architecture"]
+    assert tuned["macs_ratio"] == pytest.approx(source["macs_ratio"])
+    assert tuned["finetuned_after_export"] and not source["finetuned_after_export"] and 0 < tuned["updates"] <= 16
+    assert f"'w2v_path': '{shipped}'" in open(tmp_path / "work" / "runs" / ft.name / "train.log").read()
+    assert "fine-tuned after export" in open(tmp_path / "results" / "study.md").read()
+
+
+@pytest.mark.slow
 def test_the_demo_reproduces_the_shipped_dense_row_and_prunes_it_beside_the_study(tiny_study, tmp_path):
     import argparse
 
@@ -317,8 +341,15 @@ def test_plan_rows_and_overrides():
     assert len(names) == len(set(names))
     assert names[:4] == ["slurp_dense_s1", "slurp_dense_s2", "librispeech_dense_s1", "librispeech_dense_s2"]
     headline = [r for r in rows if r.method == "HJ-Pruning-MAC" and r.target in ((0.5,), (0.7,))
-                and r.prune_from == "auto"]
+                and r.prune_from == "auto" and not r.finetune]
     assert len(headline) == 2 * 2 * 2 * 2  # corpora x targets x distillation x seeds
+    tuned = [r for r in rows if r.finetune]  # the headline model fine-tuned after export, per corpus
+    sources = [Row(c, "HJ-Pruning-MAC", 1, (0.5,), "layers", "auto") for c in study_plan.CORPORA]
+    assert [r.source for r in tuned] == sources
+    assert all(rows.index(r) > rows.index(r.source) for r in tuned)
+    o = study_plan.overrides(tuned[0], 5000, None)
+    assert "optimization.lr=[0.0001]" in o and "optimization.stop_min_lr=1.25e-05" in o
+    assert not any(x.startswith("criterion.") for x in o)
     o = study_plan.overrides(Row("slurp", "HJ-Pruning-MAC", 2, (0.5,), "layers", "dense"), 9000, "/t.pt")
     assert "criterion.target_warmup_updates=3000" in o and "criterion.distill_layers=[2,4,6]" in o
     assert "optimizer.groups.default.lr_float=0.0002" in o and "criterion.distill_teacher=/t.pt" in o
