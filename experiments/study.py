@@ -146,24 +146,7 @@ class Study:
             model, costs = best, dense_costs(best, self.manifests[row.corpus])
             costs["macs_ratio"] = costs["macs"] / self.dense_macs(row, costs["macs"])
         else:
-            model = os.path.join(save, "pruned.pt")
-            table = self.latency_table if os.path.exists(self.latency_table) else None
-            if table is None:
-                log(f"study: {row.name}: no latency table at {self.latency_table}: no predicted or measured "
-                    "latency")
-            os.makedirs(os.path.dirname(files.architecture), exist_ok=True)
-            summary = export(best, model, files.architecture, latency_table=table)
-            costs = {"params": summary["after"]["params"], "macs": summary["after"]["macs"],
-                     "macs_ratio": summary["after"]["macs"] / summary["before"]["macs"],
-                     "architecture": {k: summary["after"][k] for k in ("conv_channels", "attention_heads",
-                                                                      "ffn_units")}}
-            if "latency" in summary:  # predicted by the table, and both models timed side by side at export
-                costs["latency"] = {k: v for k, v in summary["latency"].items() if k != "table"}
-            if self.is_source(row):  # a later row fine-tunes it: shipped, weights only
-                from experiments.checkpoints import ship_checkpoint
-
-                ship_checkpoint(model, files.model, "study_model", {"made_by": COMMAND, "row": row.name,
-                                                                    "commit": git_head()})
+            model, costs = self.export_pruned(row, best, os.path.join(save, "pruned.pt"))
         scores = decode(self.manifests[row.corpus], SUBSETS[row.corpus]["test"], model,
                         os.path.join(save, "decode-test"))
         ids, counts = bootstrap.utterance_counts(os.path.join(save, "decode-test"))
@@ -185,6 +168,27 @@ class Study:
                     paths += [files.architecture] + ([files.model] if self.is_source(row) else [])
                 commit_files(paths, f"study: {row.name} ({self.cells(result)})")
         return result
+
+    def export_pruned(self, row: Row, best: str, model: str) -> Tuple[str, Dict]:
+        """Export a pruned row's ``best`` checkpoint to ``model`` with its architecture plot and, with the latency
+        table, predicted and measured latency; ship it when a later row fine-tunes it. Returns (model, costs)."""
+        files = self.files(row.name)
+        table = self.latency_table if os.path.exists(self.latency_table) else None
+        if table is None:
+            log(f"study: {row.name}: no latency table at {self.latency_table}: no predicted or measured latency")
+        os.makedirs(os.path.dirname(files.architecture), exist_ok=True)
+        summary = export(best, model, files.architecture, latency_table=table)
+        costs = {"params": summary["after"]["params"], "macs": summary["after"]["macs"],
+                 "macs_ratio": summary["after"]["macs"] / summary["before"]["macs"],
+                 "architecture": {k: summary["after"][k] for k in ("conv_channels", "attention_heads", "ffn_units")}}
+        if "latency" in summary:  # predicted by the table, and both models timed side by side at export
+            costs["latency"] = {k: v for k, v in summary["latency"].items() if k != "table"}
+        if self.is_source(row):  # a later row fine-tunes it: shipped, weights only
+            from experiments.checkpoints import ship_checkpoint
+
+            ship_checkpoint(model, files.model, "study_model", {"made_by": COMMAND, "row": row.name,
+                                                                "commit": git_head()})
+        return model, costs
 
     def is_source(self, row: Row) -> bool:
         """Whether a row of the plan fine-tunes ``row``'s exported model."""
