@@ -24,12 +24,13 @@ study: setup
 
 # benchmarks that print numbers: inference speed (exported vs dense, wav2vec2-base size, eager PyTorch and
 # onnxruntime), training overhead, and the latency budget's allocation against the MAC budget's (predicted and
-# measured, mini and base size)
+# measured, mini and base size), and what keeping freed memory (glibc) does to CPU inference
 bench: setup
 	@mkdir -p results
 	$(PY) benchmarks/bench_inference.py --json results/bench_inference.json
 	$(PY) benchmarks/bench_training.py --json results/bench_training.json
 	$(PY) benchmarks/bench_latency.py --json results/bench_latency.json
+	$(PY) benchmarks/bench_allocator.py --json results/bench_allocator.json
 
 clean:
 	rm -rf results work

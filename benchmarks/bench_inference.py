@@ -29,6 +29,7 @@ from experiments.checkpoints import wav2vec2_pretraining_cfg
 from experiments.timing import time_models
 from fairseq_prune.cost import REFERENCE_SAMPLES, cost_breakdown, totals
 from fairseq_prune.export.prune import prune
+from fairseq_prune.inference.allocator import reuse_freed_memory
 from fairseq_prune.layer_sizes import LayerSizes
 from fairseq_prune.models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning
 from fairseq_prune.onnx.runtime import import_onnxruntime, ort_session
@@ -232,6 +233,7 @@ def onnx_names(args: argparse.Namespace, models: Dict) -> List[str]:
 
 
 def main(args: argparse.Namespace) -> List[Dict]:
+    reuse_freed_memory()  # as fairseq-prune-infer runs models (fairseq_prune.inference.allocator)
     models, info = build_models(args)
     for m in models.values():
         m.to(args.device)

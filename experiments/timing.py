@@ -37,6 +37,9 @@ def speedups(dense_ckpt: str, pruned_ckpts: List[str], manifest: str, threads: i
     in each round, medians."""
     import torch
 
+    from fairseq_prune.inference.allocator import reuse_freed_memory
+
+    reuse_freed_memory()  # timed as fairseq-prune-infer runs models
     torch.set_num_threads(threads)
     models = {"dense": load_model(dense_ckpt, manifest)}
     models.update({i: load_model(ckpt, manifest) for i, ckpt in enumerate(pruned_ckpts)})

@@ -64,6 +64,7 @@ import fairseq
 import yaml
 
 import fairseq_prune
+from fairseq_prune.inference.allocator import reuse_freed_memory
 from fairseq_prune.io.checkpoints import CheckpointError, read_checkpoint
 
 INFER_MODULE = "examples.speech_recognition.new.infer"
@@ -206,6 +207,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     check_checkpoints(argv)
+    reuse_freed_memory()  # large activations keep their pages between batches (inference.allocator)
     with tempfile.TemporaryDirectory(prefix="fairseq-infer-") as tmp:
         workdir = Path(tmp)
         infer = import_fairseq_infer(workdir)

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Type, TypeVar
 
 from tqdm import tqdm
 
+from ..inference.allocator import reuse_freed_memory
 from ..inference.inputs import InferenceError
 from ..inference.decoding import BeamOptions
 from ..inference.config import POST_PROCESS_CHOICES, InferenceConfig
@@ -143,6 +144,7 @@ def backend(name: str) -> Backend:
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     """Decode as ``args`` say, print the summary line last, and return the summary (also ``summary.json``)."""
     cfg = config_from_args(args)
+    reuse_freed_memory()  # large activations keep their pages between batches (inference.allocator)
     summary = run_inference(cfg, log=lambda line: tqdm.write(line, file=sys.stderr), backend=backend(cfg.backend))
     if args.results_path:
         logger.info("wrote hypo.word, hypo.units, ref.word, ref.units and summary.json to %s", args.results_path)

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from ..cost import REFERENCE_SAMPLES, Wav2Vec2Shape, cost_breakdown, totals
+from ..inference.allocator import reuse_freed_memory
 from ..latency import LatencyTable
 from .profile import model_runner, run_command
 from .startup import add_verbose_option
@@ -198,6 +199,7 @@ def write_rows(path: str, rows: List[Dict]) -> None:
 
 def main(args: argparse.Namespace) -> List[Dict]:
     table = LatencyTable.load(args.table)
+    reuse_freed_memory()  # timed as fairseq-prune-infer runs models (inference.allocator)
     dense, dense_shape = timing_model(args.dense)
     table.check(dense_shape)
     rows = []

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..cost import Wav2Vec2Shape
+from ..inference.allocator import reuse_freed_memory
 from ..latency import FORMAT, architecture_key
 from .startup import add_verbose_option
 
@@ -198,6 +199,7 @@ def main(args: argparse.Namespace) -> Dict:
 
     if os.path.lexists(args.output) and not args.force:
         raise SystemExit(f"fairseq-prune-profile: error: {args.output} exists; pass --force to overwrite it")
+    reuse_freed_memory()  # timed as fairseq-prune-infer runs models (inference.allocator)
     torch.set_num_threads(args.threads)
     started = time.time()
     source = load_w2v_source(args.checkpoint)
