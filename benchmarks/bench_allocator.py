@@ -64,7 +64,9 @@ def child(size: str, rounds: int) -> Dict:
 
 
 def run_child(size: str, setting: str, rounds: int) -> Dict:
-    env = {**os.environ, **SETTINGS[setting], "PYTHONWARNINGS": "ignore"}
+    env = {k: v for k, v in os.environ.items() if k not in ("FAIRSEQ_PRUNE_MALLOC", "MALLOC_MMAP_THRESHOLD_",
+                                                            "GLIBC_TUNABLES")}  # the two settings, nothing else
+    env.update(SETTINGS[setting], PYTHONWARNINGS="ignore")
     env["PYTHONPATH"] = os.pathsep.join([BENCH_DIR, os.path.dirname(BENCH_DIR), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, __file__, "--child", size, "--rounds", str(rounds)], env=env,
                          capture_output=True, text=True, check=True).stdout

@@ -25,9 +25,9 @@ from . import bootstrap
 from .common import PRETRAINED_MODEL, REPO, log
 from .corpora import SUBSETS
 from .runner import decode, export, train
-from .study_files import (RowFiles, commit_files, git_head, held_out_problem, read_counts, record_invocation,
-                          set_aside_unreadable, stop_reason, training_log, validation_curve,
-                          write_counts)
+from .study_files import (RowFiles, commit_files, git_head, held_out_problem, latency_table_problem, read_counts,
+                          record_invocation, same_plan_or_set_aside, set_aside_unreadable, stop_reason, training_log,
+                          validation_curve, write_counts)
 from .study_plan import (DENSE_MAX_UPDATES, FINETUNE_MAX_UPDATES, LATENCY_TABLE, LATENCY_TABLE_COMMAND, METHODS,
                          PRUNED_MAX_UPDATES, Row, overrides, protocol_rows, rows)
 
@@ -46,6 +46,7 @@ class Study:
         self.commit, self.threads = commit, threads
         self.path = os.path.join(results, "study.json")
         self.latency_table = os.path.join(assets, os.path.basename(LATENCY_TABLE))
+        self._table_problem: Optional[str] = None
         self.lock = threading.Lock()
         self.done: Dict[str, Dict] = {}
         self.continued: Dict[str, Dict] = {}  # committed dense rows at an earlier cap, being trained further
@@ -92,31 +93,47 @@ class Study:
 
     def needs(self, row: Row) -> Tuple[Optional[int], Optional[str], str]:
         """(updates, teacher, what it waits for): dense rows run to their cap; a pruned row waits for both dense
-        runs of its corpus (its updates: the longer one's, at most :data:`PRUNED_MAX_UPDATES`) and distils from
-        seed 1's model."""
+        runs of its corpus (its updates: the longer one's, at most :data:`PRUNED_MAX_UPDATES`) and for the latency
+        table (every pruned row is exported with it), and distils from seed 1's model; a fine-tuning row waits for
+        its pruned row and that row's shipped (or still exported) model."""
         if row.dense:
             start = PRETRAINED_MODEL if row.method == "dense" else SMALL_PRETRAINED
             return DENSE_MAX_UPDATES, None, held_out_problem(start)
         if row.finetune:
             if row.source.name not in self.done:
                 return None, None, f"the row {row.source.name}"
-            shipped = self.files(row.source.name).model
-            if not os.path.exists(shipped):
-                return None, None, f"{row.source.name}'s exported model {shipped}"
+            shipped, exported = self.files(row.source.name).model, self.exported(row.source)
+            if not os.path.exists(shipped) and not os.path.exists(exported):
+                return None, None, (f"{row.source.name}'s exported model: neither {shipped} nor {exported} is here "
+                                    f"(run that row again: remove it from {self.path})")
             return FINETUNE_MAX_UPDATES, None, ""
         dense = [self.done.get(Row(row.corpus, "dense", s).name) for s in (1, 2)]
         if None in dense:
             return None, None, f"the dense rows of {row.corpus}"
-        if row.method == "HJ-Pruning-latency" and not os.path.exists(self.latency_table):
-            return None, None, f"the latency table {self.latency_table} (made by: {LATENCY_TABLE_COMMAND})"
+        table_problem = self.table_problem()
+        if table_problem:
+            return None, None, table_problem
         updates = min(max(r["updates"] for r in dense), PRUNED_MAX_UPDATES)
         return updates, self.files(Row(row.corpus, "dense", 1).name).model, ""
+
+    def table_problem(self) -> str:
+        """Why the latency table cannot serve the pruned rows ('' when it can), checked once per study."""
+        if self._table_problem is None:
+            self._table_problem = latency_table_problem(self.latency_table, PRETRAINED_MODEL, LATENCY_TABLE_COMMAND)
+        return self._table_problem
+
+    def exported(self, row: Row) -> str:
+        """Where a pruned row's exported model is written (on this machine only)."""
+        return os.path.join(self.work, "runs", row.name, "pruned.pt")
 
     def start_model(self, row: Row) -> str:
         if row.method == "small-dense":
             return SMALL_PRETRAINED
         if row.finetune:
-            return self.files(row.source.name).model
+            shipped = self.files(row.source.name).model
+            if not os.path.exists(shipped):  # its row ended before it was shipped: ship it from the run folder
+                self.ship_exported(row.source, self.exported(row.source))
+            return shipped
         if row.prune_from == "dense":
             return self.files(Row(row.corpus, "dense", 1).name).model
         return PRETRAINED_MODEL
@@ -126,9 +143,12 @@ class Study:
         """Train (resuming), ship or export, decode the test set, score with intervals; writes and commits the row."""
         updates, teacher, _ = self.needs(row)
         save = os.path.join(self.work, "runs", row.name)
-        trained = set_aside_unreadable(save)  # and the updates its checkpoint_last.pt has made
         recipe = "dense_converged" if row.finetune else METHODS[row.method][0]
         extra = overrides(row, updates, teacher, self.latency_table)
+        if not row.dense:  # a dense row continues under a raised cap (continues); a pruned one never changes plan
+            plan = {"recipe": recipe, "updates": updates, "start": self.start_model(row), "overrides": extra}
+            same_plan_or_set_aside(save, json.loads(json.dumps(plan).replace(REPO, "<repo>")))
+        trained = set_aside_unreadable(save)  # and the updates its checkpoint_last.pt has made
         t0 = time.time()
         best = os.path.join(save, "checkpoint_best.pt")
         if trained < updates:  # fairseq resumed at its max_update still makes one more update
@@ -145,6 +165,8 @@ class Study:
 
             model, costs = best, dense_costs(best, self.manifests[row.corpus])
             costs["macs_ratio"] = costs["macs"] / self.dense_macs(row, costs["macs"])
+            if "latency" in self.done[row.source.name]:  # the same architecture as its pruned row's
+                costs["latency"] = self.done[row.source.name]["latency"]
         else:
             model, costs = self.export_pruned(row, best, os.path.join(save, "pruned.pt"))
         scores = decode(self.manifests[row.corpus], SUBSETS[row.corpus]["test"], model,
@@ -166,6 +188,8 @@ class Study:
                     paths += [files.model, os.path.splitext(files.model)[0] + ".json"]
                 elif not row.finetune:
                     paths += [files.architecture] + ([files.model] if self.is_source(row) else [])
+                else:  # shipped from its pruned row's run folder if that row ended before it was
+                    paths.append(self.files(row.source.name).model)
                 commit_files(paths, f"study: {row.name} ({self.cells(result)})")
         return result
 
@@ -184,15 +208,25 @@ class Study:
         if "latency" in summary:  # predicted by the table, and both models timed side by side at export
             costs["latency"] = {k: v for k, v in summary["latency"].items() if k != "table"}
         if self.is_source(row):  # a later row fine-tunes it: shipped, weights only
-            from experiments.checkpoints import ship_checkpoint
-
-            ship_checkpoint(model, files.model, "study_model", {"made_by": COMMAND, "row": row.name,
-                                                                "commit": git_head()})
+            self.ship_exported(row, model)
         return model, costs
 
-    def is_source(self, row: Row) -> bool:
-        """Whether a row of the plan fine-tunes ``row``'s exported model."""
-        return any(r.finetune and r.source == row for r in all_rows_resolved(self))
+    def ship_exported(self, row: Row, model: str) -> None:
+        from experiments.checkpoints import ship_checkpoint
+
+        ship_checkpoint(model, self.files(row.name).model, "study_model",
+                        {"made_by": COMMAND, "row": row.name, "commit": git_head()})
+
+    @staticmethod
+    def is_source(row: Row) -> bool:
+        """Whether a row of the plan fine-tunes ``row``'s exported model. A fine-tuning row of an ``auto`` row
+        counts both rows it may resolve to: when a protocol row ends, which of the two wins is not known yet."""
+        for r in rows():
+            source = r.source
+            if source is not None and row in (source, source.resolved(row.prune_from) if r.prune_from == "auto"
+                                              else source):
+                return True
+        return False
 
     def ship_dense(self, row: Row, best: str, curve: List[Dict], minutes: float) -> Tuple[str, Dict]:
         """The dense model as later rows need it: weights only, float16, with its provenance."""

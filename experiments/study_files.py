@@ -105,6 +105,48 @@ def _updates(checkpoint: Dict) -> int:
     return int(checkpoint["optimizer_history"][-1]["num_updates"])
 
 
+def latency_table_problem(table: str, model: str, command: str) -> str:
+    """Why ``table`` cannot serve as the latency table of ``model``'s architecture ('' when it can): missing,
+    unreadable, or made for another architecture; ``command`` makes one."""
+    if not os.path.exists(table):
+        return f"the latency table {table} (made by: {command})"
+    from fairseq_prune.cost import Wav2Vec2Shape
+    from fairseq_prune.io.checkpoints import load_w2v_source
+    from fairseq_prune.io.errors import ConfigError
+    from fairseq_prune.latency import LatencyTable
+
+    try:
+        LatencyTable.load(table).check(Wav2Vec2Shape.from_w2v_cfg(load_w2v_source(model).w2v_args.model))
+    except ConfigError as e:
+        return f"a latency table that serves ({e}; made by: {command})"
+    return ""
+
+
+def same_plan_or_set_aside(save: str, plan: Dict) -> None:
+    """Keep a run folder only for the plan it was started with (``plan``: the run's updates, start model and
+    overrides, written to ``save/plan.json`` on its first start). A folder started under another plan (the
+    study's caps or recipe changed since) is set aside, never deleted, with a log line naming both, and the run
+    starts afresh: resuming it would change its learning-rate schedule and target warm-up halfway."""
+    path = os.path.join(save, "plan.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                before = json.load(f)
+        except (OSError, ValueError) as e:
+            before = {"unreadable": str(e)}
+        if before == plan:
+            return
+        aside = f"{save}.other-plan-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(save, aside)
+        changed = sorted(k for k in set(before) | set(plan) if before.get(k) != plan.get(k))
+        log(f"study: {save} was started under another plan ({', '.join(changed)} differ): set aside as {aside}; "
+            "the run starts afresh")
+    os.makedirs(save, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(plan, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def set_aside_unreadable(save: str) -> int:
     """Make a run folder resumable or fresh; returns the updates its ``checkpoint_last.pt`` has made (0: the run
     starts afresh), so that the 64 MB file is read once. A ``checkpoint_last.pt`` that does not read (a session

@@ -29,11 +29,11 @@ from typing import List, Optional, Tuple
 #: a dense run's cap (it normally stops earlier, by its plateau rule). Raised from 12,000 when the first SLURP
 #: references reached that cap after one halving of three; such rows continue from their checkpoint_last.pt
 DENSE_MAX_UPDATES = 24000
-#: a pruned row's updates at most. With its teacher's forward beside it, an update of a distilled row takes about
-#: 0.6 s on one thread with a second run on the other core: 10,000 updates are about 110 minutes, which leaves a
-#: 3-hour session room for the export, the decoding and the dense rows' work. A row pruned from the converged dense
+#: a pruned row's updates at most. With its teacher's forward beside it, an update of a distilled row takes 0.6-0.7 s
+#: on one thread with a second run on the other core: 10,000 updates are 100-115 minutes, which leaves a 3-hour
+#: session room for the export, the decoding and the dense rows' work. A row pruned from the converged dense
 #: model has then trained for the dense run's updates and these; one pruned from the self-supervised model has
-#: fewer updates than the dense row (README, "The study at convergence", says how the two compare)
+#: fewer updates than the dense row (docs/protocols.md, "The study at convergence", says how the two compare)
 PRUNED_MAX_UPDATES = 10000
 #: fine-tuning an exported model after pruning: at most these updates, reduce-on-plateau from this peak learning
 #: rate down to an eighth of it (three halvings, the dense rows' stopping rule)
@@ -78,7 +78,7 @@ class Row:
     target: Optional[Tuple[float, ...]] = None
     distill: str = "none"
     prune_from: str = "ssl"
-    #: fine-tune the exported model of the same row without it (:meth:`source`) with CTC, no gates
+    #: True: fine-tune, with CTC and no gates, the exported model of the pruned row :attr:`source`
     finetune: bool = False
 
     @property
@@ -151,7 +151,7 @@ def target_overrides(row: Row) -> List[str]:
     return [f"criterion.target={row.target[0]}"]
 
 
-def overrides(row: Row, updates: int, teacher: Optional[str], latency_table: str = LATENCY_TABLE) -> List[str]:
+def overrides(row: Row, updates: int, teacher: Optional[str], latency_table: Optional[str] = None) -> List[str]:
     """fairseq-hydra-train overrides of ``row`` beyond data, start model, updates, seed and save folder.
     ``updates``: the dense rows' cap, or a pruned row's ``U``; ``teacher``: the corpus's dense model (distilled
     rows); ``latency_table``: the latency rows' table."""
@@ -168,6 +168,8 @@ def overrides(row: Row, updates: int, teacher: Optional[str], latency_table: str
                       f"lr_scheduler.warmup_init_lr={FINETUNE_LR / 4}", "lr_scheduler.warmup_updates=500"]
     out += METHODS[row.method][1] + target_overrides(row)
     if row.method == "HJ-Pruning-latency":
+        if not latency_table:
+            raise ValueError(f"{row.name}: a latency row needs the latency table's path")
         out.append(f"criterion.latency_table={latency_table}")
     out += [f"criterion.target_warmup_updates={max(updates // 3, 1)}",
             f"optimizer.groups.default.lr_float={LR_FROM_DENSE if row.prune_from == 'dense' else LR}"]

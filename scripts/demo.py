@@ -172,11 +172,16 @@ def write_results(args: argparse.Namespace, t0: float, table: str, data: Dict, n
     arguments) and results/demo.md (``table`` and ``note(minutes)``); returns the minutes."""
     minutes = round((time.time() - t0) / 60, 1)
     print("\n" + table + f"\n\n(total {minutes} min)")
-    with open(os.path.join(args.results, "demo.json"), "w") as f:
-        json.dump({**data, "minutes": minutes, "args": vars(args)}, f, indent=1)
-    with open(os.path.join(args.results, "demo.md"), "w") as f:
-        f.write(table + "\n\n" + note(minutes) + "\n")
-    log(f"done in {minutes} min: results/demo.md, results/demo.json, results/arch-*.png")
+    texts = {"demo.json": json.dumps({**data, "minutes": minutes, "args": vars(args)}, indent=1),
+             "demo.md": table + "\n\n" + note(minutes) + "\n"}
+    for name, text in texts.items():  # each complete or not there
+        path = os.path.join(args.results, name)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    plot = os.path.join(args.results, "accuracy_vs_gmacs.png")
+    log(f"done in {minutes} min: results/demo.md, results/demo.json, results/arch-*.png"
+        + (", results/accuracy_vs_gmacs.png" if os.path.exists(plot) and os.path.getmtime(plot) >= t0 else ""))
     return minutes
 
 

@@ -3,6 +3,7 @@ commits; a second call skips them; an interrupted run resumes; corrupt rows and 
 again, never reused; the plan's rows and overrides."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,10 +41,20 @@ def test_the_study_refuses_a_model_pretrained_on_the_eval_voices(tmp_path):
     assert study.held_out_problem(model) == ""
 
 
+@pytest.fixture(scope="session")
+def small_table(tmp_path_factory, small_w2v) -> str:
+    """A latency table of the small test model (coarse and quick: its use here is to be there and fit)."""
+    from fairseq_prune.cli import profile
+
+    out = str(tmp_path_factory.mktemp("table") / "table.json")
+    profile.main(profile.get_parser().parse_args([small_w2v, out, "--grid", "2", "--rounds", "1", "--seconds", "1"]))
+    return out
+
+
 @pytest.fixture
-def tiny_study(tmp_path, small_w2v, monkeypatch):
-    """A Study over a noise corpus in SLURP's subsets, the small test model as the self-supervised start, 24-update
-    dense runs, three rows."""
+def tiny_study(tmp_path, small_w2v, small_table, monkeypatch):
+    """A Study over a noise corpus in SLURP's subsets, the small test model as the self-supervised start (and its
+    latency table in the assets), 24-update dense runs, three rows."""
     data = write_noise_corpus(str(tmp_path / "data"), {"train": 16, "devel": 6, "test": 6},
                               intents=["alarm_set", "play_music"])
     monkeypatch.setattr(study, "PRETRAINED_MODEL", small_w2v)
@@ -54,6 +65,9 @@ def tiny_study(tmp_path, small_w2v, monkeypatch):
     monkeypatch.setattr(study_plan, "MAX_TOKENS", 80000)
     monkeypatch.setattr(study_plan, "DISTILL_LAYERS", (1, 2))
 
+    os.makedirs(tmp_path / "assets", exist_ok=True)
+    shutil.copy(small_table, tmp_path / "assets" / os.path.basename(study_plan.LATENCY_TABLE))
+
     def make(**kw):
         return study.Study(str(tmp_path / "work"), {"slurp": data}, results=str(tmp_path / "results"),
                            assets=str(tmp_path / "assets"), **kw)
@@ -63,10 +77,6 @@ def tiny_study(tmp_path, small_w2v, monkeypatch):
 @pytest.mark.slow
 def test_rows_finish_with_intervals_then_are_skipped_and_corrupt_ones_rerun(tiny_study, tmp_path, capsys):
     s = tiny_study()
-    from fairseq_prune.cli import profile
-    os.makedirs(os.path.dirname(s.latency_table))
-    profile.main(profile.get_parser().parse_args([study.PRETRAINED_MODEL, s.latency_table, "--grid", "2", "--rounds",
-                                                  "1", "--seconds", "1"]))
     finished = study.run_study(s, jobs=2)
     assert sorted(r["name"] for r in finished) == sorted(r.name for r in ROWS)
     saved = json.load(open(tmp_path / "results" / "study.json"))["rows"]
@@ -139,7 +149,9 @@ def test_a_truncated_checkpoint_last_resumes_from_the_newest_epoch_checkpoint(ti
     updates = study.set_aside_unreadable(str(save))  # what the checkpoint it resumes from has made
     out = capsys.readouterr().out
     assert f"{save} resumes from {epochs[-1]}" in out
-    assert 0 < updates == study.set_aside_unreadable(str(save))  # the checkpoint it resumes from reads
+    from fairseq_prune.io.checkpoints import read_checkpoint
+
+    assert 0 < updates == study_files._updates(read_checkpoint(str(save / epochs[-1])))
     assert (save / "checkpoint_last.pt").read_bytes() == (save / epochs[-1]).read_bytes()
     assert any(n.startswith("checkpoint_last.pt.unreadable-") for n in os.listdir(save))
 
@@ -191,17 +203,72 @@ def test_a_pruned_row_gets_the_longer_dense_runs_updates_at_most_a_sessions_shar
     assert f"criterion.target_warmup_updates={updates // 3}" in study_plan.overrides(pruned, updates, teacher)
     monkeypatch.setattr(study, "PRUNED_MAX_UPDATES", 20000)  # below the cap: the longer dense run's updates
     assert s.needs(pruned)[0] == 16929
-    # the latency rows also wait for the committed latency table, and name the command that makes it
+    # every pruned row also waits for a latency table that fits the model, and names the command that makes it
     latency = Row("slurp", "HJ-Pruning-latency", 1, (0.5,), "layers", "dense")
-    assert s.needs(latency)[2] == (f"the latency table {s.latency_table} (made by: fairseq-prune-profile "
-                                   "assets/pretrained/wav2vec2_mini.pt assets/study/latency_mini_eager_1thread.json "
-                                   "--force)")
-    os.makedirs(os.path.dirname(s.latency_table), exist_ok=True)
-    with open(s.latency_table, "w") as f:
-        f.write("{}")
     assert s.needs(latency)[2] == ""
+    table = json.load(open(s.latency_table))
+    os.remove(s.latency_table)
+    fresh = tiny_study()
+    fresh.done.update(s.done)
+    assert fresh.needs(pruned)[2] == fresh.needs(latency)[2] == (
+        f"the latency table {s.latency_table} (made by: fairseq-prune-profile assets/pretrained/wav2vec2_mini.pt "
+        "assets/study/latency_mini_eager_1thread.json --force)")
+    table["architecture"]["ffn_units"] = [7] * len(table["architecture"]["ffn_units"])
+    json.dump(table, open(s.latency_table, "w"))
+    other = tiny_study()
+    other.done.update(s.done)
+    assert "a latency table that serves" in other.needs(pruned)[2] and "made for another architecture (ffn_units" \
+        in other.needs(pruned)[2]
     o = study_plan.overrides(latency, 9000, "/t.pt", s.latency_table)
     assert "criterion.budget=latency" in o and f"criterion.latency_table={s.latency_table}" in o
+    with pytest.raises(ValueError, match="needs the latency table"):
+        study_plan.overrides(latency, 9000, "/t.pt")
+
+
+def test_a_fine_tuning_row_waits_for_its_pruned_rows_model_and_auto_ships_both_protocol_rows(tiny_study,
+                                                                                                monkeypatch):
+    """The plan's fine-tuning row of an "auto" row: when a protocol row ends, which start wins is not known yet,
+    so both protocol rows ship their exported model; the row waits until one of its shipped or exported models
+    is on the machine, and says how to get one otherwise."""
+    monkeypatch.setattr(study, "rows", study_plan.rows)  # the plan itself (tiny_study's has no such row)
+    protocol = study_plan.protocol_rows()
+    headline = Row("slurp", "HJ-Pruning-MAC", 2, (0.5,), "layers", "dense")
+    assert all(study.Study.is_source(r) for r in protocol) and not study.Study.is_source(headline)
+    monkeypatch.setattr(study, "rows", lambda: list(ROWS))
+    s = tiny_study()
+    ft = Row("slurp", "HJ-Pruning-MAC", 1, (0.5,), "layers", "ssl", finetune=True)
+    s.done[ft.source.name] = {"updates": 24}
+    assert "neither" in s.needs(ft)[2] and "run that row again" in s.needs(ft)[2]
+    os.makedirs(os.path.dirname(s.exported(ft.source)))
+    open(s.exported(ft.source), "w").close()
+    assert s.needs(ft) == (study.FINETUNE_MAX_UPDATES, None, "")
+
+
+def test_a_run_folder_started_under_another_plan_is_set_aside(tmp_path, capsys):
+    save = str(tmp_path / "runs" / "row")
+    plan = {"updates": 10000, "overrides": ["criterion.target=0.5"]}
+    study_files.same_plan_or_set_aside(save, plan)
+    open(os.path.join(save, "checkpoint_last.pt"), "w").close()
+    study_files.same_plan_or_set_aside(save, dict(plan))  # the same plan: kept
+    assert os.path.exists(os.path.join(save, "checkpoint_last.pt"))
+    capsys.readouterr()
+    study_files.same_plan_or_set_aside(save, {**plan, "updates": 16929})  # the cap changed
+    out = capsys.readouterr().out
+    aside = [n for n in os.listdir(tmp_path / "runs") if n.startswith("row.other-plan-")]
+    assert len(aside) == 1 and os.path.exists(tmp_path / "runs" / aside[0] / "checkpoint_last.pt")
+    assert f"{save} was started under another plan (updates differ): set aside as" in out
+    assert os.listdir(save) == ["plan.json"] and json.load(open(os.path.join(save, "plan.json")))["updates"] == 16929
+
+
+def test_a_row_from_the_ssl_model_is_compared_with_the_dense_curve_by_the_same_updates(tiny_study, tmp_path):
+    s = tiny_study()
+    curve = [{"update": 1000, "wer_in_budget": 30.0}, {"update": 2000, "wer_in_budget": 20.0},
+             {"update": 3000, "wer_in_budget": 21.0}, {"update": 4000, "wer_in_budget": 10.0}]
+    path = s.files(ROWS[0].name).curve
+    os.makedirs(os.path.dirname(path))
+    json.dump(curve, open(path, "w"))
+    assert s.dense_dev_by(ROWS[2], 3500) == 20.0 and s.dense_dev_by(ROWS[2], 500) is None
+    assert s.dense_dev_by(ROWS[2], 4000) == 10.0
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ def get_parser() -> argparse.ArgumentParser:
                         "MACs and parameters (stored in the summary as 'latency')")
     p.add_argument("--measure-latency", action="store_true",
                    help="with --latency-table: also time the dense and the exported model side by side with the "
-                        "table's backend, threads, batch and input length (random weights at the dense sizes; "
+                        "table's backend, threads, batch and input length (the dense model at random weights; "
                         "fairseq-prune-latency's check) and report the measured ratio beside the predicted one")
     add_verbose_option(p)
     return p

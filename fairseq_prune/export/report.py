@@ -89,7 +89,8 @@ def format_latency(latency: Dict) -> str:
     if "measured_latency_ratio" in latency:
         lines.append(f"  latency measured:  {latency['ms']:.1f} ms vs dense {latency['dense_ms']:.1f} ms "
                      f"= {latency['measured_latency_ratio']:.3f} of dense (speed-up "
-                     f"{latency['measured_speedup']:.2f}x, timed side by side here, random weights)")
+                     f"{latency['measured_speedup']:.2f}x, timed side by side here; the dense model at random "
+                     "weights)")
     return "\n".join(lines)
 
 

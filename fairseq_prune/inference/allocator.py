@@ -64,5 +64,8 @@ def reuse_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to set
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    _applied = bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, 2 * THRESHOLD - 1))
+    # the trim threshold first: without it, freed heap memory would go back to the kernel and fault in again
+    _applied = bool(mallopt(M_TRIM_THRESHOLD, 2 * THRESHOLD - 1)) and bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD))
+    if not _applied:
+        logger.debug("allocator: glibc refused mallopt; left as it is")
     return _applied
