@@ -213,27 +213,27 @@ def training_log(save: str) -> str:
 
 def logged_wall_minutes(log_path: str) -> float:
     """The minutes a training log's invocations ran, summed: each from its first to its last timestamped line
-    (fairseq's own ``wall`` counter is not used: a run resumed mid-epoch logs it as 0); 0 without a log. An
-    invocation starts at the configuration fairseq prints first."""
+    (fairseq's own ``wall`` counter is not used: a run resumed mid-epoch logs it as 0), less any silence longer
+    than :data:`PAUSE_MINUTES` between two lines (the study's runs log every 100 updates, about a minute: such a
+    gap is a run held by SIGSTOP, not training); 0 without a log. An invocation starts at the configuration
+    fairseq prints first."""
     if not os.path.exists(log_path):
         return 0.0
-    total, first, last = 0.0, None, None
+    total, last = 0.0, None
     with open(log_path, errors="replace") as f:
         for line in f:
             found = _STAMP.match(line)
             if found is None:
                 continue
             t = time.mktime(time.strptime(found.group(1), "%Y-%m-%d %H:%M:%S"))
-            if _INVOCATION in line and first is not None:  # a new invocation: close the previous one
-                total += last - first
-                first = None
-            first = t if first is None else first
+            if last is not None and _INVOCATION not in line and t - last <= PAUSE_MINUTES * 60:
+                total += t - last
             last = t
-    if first is not None:
-        total += last - first
     return total / 60
 
 
+#: a longer silence in a study run's log is a pause (SIGSTOP), not training
+PAUSE_MINUTES = 10
 _STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+\]")
 _INVOCATION = "{'_name': None, 'common':"
 

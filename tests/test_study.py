@@ -377,13 +377,16 @@ def test_kill_9_mid_run_then_resume_from_checkpoint_last(tiny_study, tmp_path, s
 
 
 def test_logged_minutes_count_every_invocation_by_its_timestamps(tmp_path):
-    """fairseq logs ``"wall": "0"`` in a run resumed mid-epoch: the minutes come from the lines' timestamps."""
+    """fairseq logs ``"wall": "0"`` in a run resumed mid-epoch: the minutes come from the lines' timestamps, every
+    invocation's, less a pause (SIGSTOP: no line for longer than PAUSE_MINUTES)."""
     cfg = "[2026-12-07 10:00:00,000][fairseq_cli.train][INFO] - {'_name': None, 'common': {}}\n"
+    line = '[2026-12-07 {}:00,500][train][INFO] - {{"wall": "{}"}}\n'
     log = tmp_path / "hydra_train.log"
-    log.write_text(cfg + '[2026-12-07 10:30:00,500][train][INFO] - {"wall": "1800"}\nno timestamp\n'
-                   + cfg.replace("10:00", "11:00")  # killed, resumed half an hour later
-                   + '[2026-12-07 11:12:00,000][train][INFO] - {"wall": "0"}\n')
-    assert study_files.logged_wall_minutes(str(log)) == pytest.approx(42.0)
+    log.write_text(cfg + "".join(line.format(f"10:{m:02d}", m * 60) for m in range(5, 35, 5)) + "no timestamp\n"
+                   + line.format("11:10", 0) + line.format("11:15", 0)  # held 40 minutes by SIGSTOP, then 5 more
+                   + cfg.replace("10:00", "12:00")  # killed, resumed an hour later
+                   + line.format("12:08", 0) + line.format("12:12", 0))
+    assert study_files.logged_wall_minutes(str(log)) == pytest.approx(30.0 + 5.0 + 12.0)
     assert study_files.logged_wall_minutes(str(tmp_path / "none.log")) == 0.0
 
 
