@@ -11,11 +11,15 @@ from fairseq_prune.inference import allocator
 from helpers import REPO
 
 PROBE = """
-import json, resource, torch
-from fairseq_prune.inference.allocator import reuse_freed_memory
-applied = reuse_freed_memory()
-again = reuse_freed_memory()
-call = lambda: torch.ones(16 << 20).sum()  # a 64 MiB block, freed after each call
+import importlib.util, json, resource, sys
+spec = importlib.util.spec_from_file_location("allocator", sys.argv[1])  # the module alone: no torch, no fairseq
+allocator = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(allocator)
+applied = allocator.reuse_freed_memory()
+again = allocator.reuse_freed_memory()
+call = lambda: bytearray(64 << 20)  # a 64 MiB block, zero-filled, freed after each call
+call()
+call()  # the heap has grown to its steady size
 windows = []
 for _ in range(3):  # the fewest faults of three windows of four calls: the steady state, whatever else runs
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -30,8 +34,8 @@ def probe(env_extra):
     import os
 
     env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
-    out = subprocess.run([sys.executable, "-c", PROBE], env={**env, **env_extra}, cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", PROBE, allocator.__file__], env={**env, **env_extra}, cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
