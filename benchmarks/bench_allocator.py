@@ -16,7 +16,6 @@ import sys
 import time
 from typing import Dict, List
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 SETTINGS = {"glibc default": {"FAIRSEQ_PRUNE_MALLOC": "default"}, "reuse freed memory": {}}
 
 
@@ -67,7 +66,6 @@ def run_child(size: str, setting: str, rounds: int) -> Dict:
     env = {k: v for k, v in os.environ.items() if k not in ("FAIRSEQ_PRUNE_MALLOC", "MALLOC_MMAP_THRESHOLD_",
                                                             "GLIBC_TUNABLES")}  # the two settings, nothing else
     env.update(SETTINGS[setting], PYTHONWARNINGS="ignore")
-    env["PYTHONPATH"] = os.pathsep.join([BENCH_DIR, os.path.dirname(BENCH_DIR), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, __file__, "--child", size, "--rounds", str(rounds)], env=env,
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
