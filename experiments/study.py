@@ -168,7 +168,7 @@ class Study:
             if "latency" in self.done[row.source.name]:  # the same architecture as its pruned row's
                 costs["latency"] = self.done[row.source.name]["latency"]
         else:
-            model, costs = self.export_pruned(row, best, os.path.join(save, "pruned.pt"))
+            model, costs = self.export_pruned(row, best, self.exported(row))
         scores = decode(self.manifests[row.corpus], SUBSETS[row.corpus]["test"], model,
                         os.path.join(save, "decode-test"))
         ids, counts = bootstrap.utterance_counts(os.path.join(save, "decode-test"))
