@@ -8,9 +8,11 @@ Scripts (each runs as ``python manifests/<name>.py`` or ``python -m manifests.<n
 * :mod:`manifests.synthesize` — small corpora in both source layouts from espeak-ng speech.
 * :mod:`manifests.unlabeled` — an unlabeled corpus for pre-training.
 
-Shared by them: :mod:`manifests.common` (errors, audio checks and conversion, labels, dictionaries, skips, summaries),
-:mod:`manifests.staging` (all-or-nothing output into ``--dest``), :mod:`manifests.espeak` (espeak-ng speech as
-16 kHz FLAC), :mod:`manifests.synth_text` (the sentences and commands spoken).
+Shared by them: :mod:`manifests.common` (``ManifestError``, audio checks and conversion, labels, dictionaries, skips,
+summaries, ``--dest``), :mod:`manifests.espeak` (espeak-ng speech as 16 kHz FLAC), :mod:`manifests.synth_text` (the
+sentences and commands spoken). Errors, signals and all-or-nothing output into ``--dest`` are the plugin's
+(:mod:`fairseq_prune.io.signals`, :mod:`fairseq_prune.io.staging`); importing it imports torch and fairseq, a few
+seconds of start-up.
 
 See ``manifests/README.md``.
 """

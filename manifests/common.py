@@ -1,21 +1,21 @@
 """Helpers shared by the corpus scripts: audio checks and conversion, letter labels, fairseq
-dictionaries, skip bookkeeping, progress bars and summaries. (Errors and signals: :mod:`manifests.errors`;
-staged, all-or-nothing output: :mod:`manifests.staging`.)"""
+dictionaries, skip bookkeeping, progress bars and summaries, and the scripts' ``--dest``. Errors, signals and
+all-or-nothing output are the plugin's own (:mod:`fairseq_prune.io.signals`, :mod:`fairseq_prune.io.staging`): a
+refusal is a :class:`ManifestError`, a :class:`~fairseq_prune.io.errors.PluginError` like every other."""
 import argparse
 import os
-import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import soundfile as sf
 from tqdm import tqdm
 
-from manifests.errors import ManifestError, Terminated, run_or_exit  # noqa: F401  (the scripts' names for them)
-
-if TYPE_CHECKING:  # manifests.staging imports this module
-    from manifests.staging import Staging
+from fairseq_prune.io.errors import PluginError
+from fairseq_prune.io.signals import run_or_exit  # noqa: F401  (the scripts' runner)
+from fairseq_prune.io.staging import Staging, check_dest
+from fairseq_prune.text import INTENT_RE  # noqa: F401  (how an intent token is spelled)
 
 #: the sample rate every manifest row must have
 SAMPLE_RATE = 16000
@@ -23,11 +23,25 @@ SAMPLE_RATE = 16000
 LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
 #: word boundary symbol of ``.ltr`` labels
 WORD_BOUNDARY = "|"
-#: how an intent token is spelled; the same pattern as ``fairseq_prune.text.INTENT_RE`` (a test checks this;
-#: importing that module here would import fairseq, which takes seconds)
-INTENT_RE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)+$")
 #: how many examples of each skip reason a summary lists
 SUMMARY_EXAMPLES = 5
+
+
+class ManifestError(PluginError):
+    """Bad input that stops a corpus script: the message names the file (and line or field) and what is wrong."""
+
+
+def add_dest_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--dest`` and ``--overwrite`` of the manifest scripts (:func:`check_manifest_dest` checks them)."""
+    parser.add_argument("--dest", required=True,
+                        help="output folder (created if missing; must be empty unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a --dest that is not empty, replacing its files of the same names "
+                             "(a dict.ltr.txt copied there too)")
+
+
+def check_manifest_dest(args: argparse.Namespace) -> None:
+    check_dest(args.dest, args.overwrite, replaces="its files of the same names")
 
 
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Set
 
 from manifests.common import (
+    Staging, add_dest_arguments, check_manifest_dest,
     AudioPolicy, ManifestError, Skips, SubsetStats, add_audio_arguments, audio_policy, audio_row, count_units,
     dictionary_lines, letter_units, outside_letter_set, progress, run_or_exit, summary_lines, write_lines,
 )
-from manifests.staging import Staging, add_dest_arguments, check_manifest_dest
 
 AUDIO_EXT = "flac"
 TRANS_SUFFIX = ".trans.txt"

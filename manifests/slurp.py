@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 
 from manifests.common import (
+    Staging, add_dest_arguments, check_manifest_dest,
     INTENT_RE, AudioPolicy, ManifestError, Skips, SubsetStats, add_audio_arguments, audio_policy, audio_row,
     count_units, dictionary_lines, letter_units, outside_letter_set, progress, run_or_exit, summary_lines,
     write_lines,
 )
-from manifests.staging import Staging, add_dest_arguments, check_manifest_dest
 
 SPLITS = ("train", "devel", "test")
 #: output split -> (jsonl file, audio folder) sources in order

@@ -22,9 +22,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 from manifests import synth_text
-from manifests.common import SAMPLE_RATE, ManifestError, run_or_exit
+from manifests.common import SAMPLE_RATE, ManifestError, Staging, check_dest, run_or_exit
 from manifests.espeak import Job, espeak_version, run_jobs
-from manifests.staging import Staging, check_dest
 
 #: English voices of espeak-ng 1.51 that take a ``+variant`` (``en-gb+variant`` ignores the variant; ``en`` is
 #: the same British voice and does not)

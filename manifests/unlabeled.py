@@ -27,9 +27,8 @@ from dataclasses import asdict
 from typing import Dict, List, Set, Tuple
 
 from manifests import synth_text
-from manifests.common import SAMPLE_RATE, ManifestError, run_or_exit, write_lines
+from manifests.common import SAMPLE_RATE, ManifestError, Staging, run_or_exit, write_lines
 from manifests.espeak import Job, espeak_version, run_jobs
-from manifests.staging import Staging
 from manifests.synthesize import (
     DEFAULTS, PEAK_RANGE, PITCH_RANGE, SPEAKER_DEFAULTS, SPEED_RANGE, VARIANTS, VOICES, Speaker, check_out,
     plan_librispeech, plan_slurp, unique_item

@@ -20,7 +20,8 @@ from fairseq_prune.export.prune import target_dictionary
 from fairseq_prune.io.checkpoints import read_checkpoint
 from fairseq_prune.onnx.export import MIN_OPSET, max_opset
 from helpers import REPO, VENV_BIN, run_unchecked
-from manifests.errors import ManifestError, run_or_exit
+from fairseq_prune.io.signals import run_or_exit
+from manifests.common import ManifestError
 
 START_MODEL = os.path.join(REPO, "assets", "start_model", "wav2vec_ctc_mini.pt")
 
@@ -190,7 +191,9 @@ def test_quiet_start_only_in_our_commands(monkeypatch):
     monkeypatch.setattr(sys, "warnoptions", [])
     for argv, quiet in ((["/venv/bin/fairseq-prune-infer", "data"], True), (["-m"], True),
                         (["/venv/bin/fairseq-prune-infer", "--verbose"], False),
-                        (["/venv/bin/fairseq-hydra-train"], False), (["/venv/bin/pytest"], False)):
+                        (["/venv/bin/fairseq-hydra-train"], False), (["/venv/bin/pytest"], False),
+                        ([os.path.join(REPO, "manifests", "slurp.py"), "corpus"], True),
+                        ([os.path.join(REPO, "scripts", "demo.py")], False), (["/elsewhere/manifests/slurp.py"], False)):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             assert quiet_start(argv) is quiet

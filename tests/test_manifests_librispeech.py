@@ -23,7 +23,7 @@ from manifest_fixtures import (
     snapshot,
 )
 from manifests import librispeech
-from manifests.staging import PARTIAL_RE, Staging, sweep_stale_partials
+from fairseq_prune.io.staging import PARTIAL_RE, Staging, sweep_stale_partials
 
 TRAIN = "train-clean-100"
 

@@ -336,12 +336,15 @@ def test_sigterm_at_any_moment_ends_promptly(tmp_path):
     """SIGTERM at random moments of the command's life (start-up, planning, synthesis, writing, pool shutdown):
     it always ends within a bound, stopped with nothing left, or (signal too late) exit 0 and the corpus."""
     rng = random.Random(0)
+    t0 = time.time()  # the start-up (imports) before the command's handler is in place: the moments span it and 4 s
+    subprocess.run([sys.executable, synthesize.__file__, "--help"], capture_output=True, check=True, timeout=120)
+    startup = time.time() - t0
     for i in range(12):
         out = tmp_path / f"c{i}"
         p = subprocess.Popen([sys.executable, synthesize.__file__, "--layout", "librispeech", "--out", str(out),
                               "--workers", "2", "--train-utts", "40", "--dev-utts", "4", "--test-utts", "4"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.0, 4.0))
+        time.sleep(rng.uniform(0.0, startup + 4.0))
         p.send_signal(signal.SIGTERM)
         try:
             _, err = p.communicate(timeout=30)
@@ -359,11 +362,11 @@ def test_sigterm_at_any_moment_ends_promptly(tmp_path):
 def test_pool_workers_die_by_the_default_sigterm_action(monkeypatch, tmp_path):
     """The root of the hang: a worker forked while the command's SIGTERM handler is installed must not keep that
     Python-level handler (it can miss Pool.terminate()'s signal); it gets SIGTERM's default action."""
-    from manifests.errors import _terminate_by_exception
+    from fairseq_prune.io.signals import sigterm_raises
 
     monkeypatch.setattr(espeak, "synthesize", lambda job: int(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL))
     jobs = [espeak.Job("x", "en-us", 175, 50, 0.5, str(tmp_path / f"{i}.flac")) for i in range(8)]
-    with _terminate_by_exception():
+    with sigterm_raises():
         assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
         frames = espeak.run_jobs(jobs, workers=2)
     assert frames == {j.path: 1 for j in jobs}
@@ -373,8 +376,8 @@ def test_pool_workers_die_by_the_default_sigterm_action(monkeypatch, tmp_path):
 def test_a_signal_before_the_output_is_complete_removes_it_and_after_stops_nothing(tmp_path, after_commit):
     """Exit 143 means nothing was written, exit 0 a complete output: SIGTERM while writing removes the staged
     corpus; SIGTERM once Staging has moved it into place (the race the random-moment test once hit) keeps it."""
-    from manifests import errors, staging as staging_module
-    from manifests.errors import run_or_exit
+    from fairseq_prune.io import signals as errors, staging as staging_module
+    from fairseq_prune.io.signals import run_or_exit
 
     out = tmp_path / "corpus"
 
@@ -404,11 +407,11 @@ def test_a_signal_between_a_complete_output_and_the_exit_stops_nothing():
     corpus in place. A finished corpus script now ignores SIGTERM until it exits 0."""
     code = (
         "import os, signal, sys, time\n"
-        "import manifests.errors as errors\n"
-        "sys.modules['__main__'].__file__ = os.path.join(os.path.dirname(errors.__file__), 'synthesize.py')\n"
+        "import fairseq_prune.io.signals as errors\n"
+        "sys.modules['__main__'].__file__ = '/somewhere/manifests/synthesize.py'\n"
         "def body():\n"
         "    errors.COMPLETED.append('/some/corpus')\n"
-        "errors.run_or_exit(body)\n"
+        "errors.run_or_exit(body, 'synthesize.py')\n"
         "os.kill(os.getpid(), signal.SIGTERM)\n"
         "time.sleep(0.5)\n"
         "print('exited normally')\n"

@@ -15,7 +15,8 @@ from ..export.report import draw_architecture, format_latency, format_table
 from ..inference.allocator import reuse_freed_memory
 from ..latency import LatencyTable
 from ..models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning
-from ..io.safe_output import OutputError, Terminated, check_output, claim, sigterm_raises, sweep_stale, writing
+from ..io.safe_output import OutputError, check_output, claim, sweep_stale, writing
+from ..io.signals import Terminated, sigterm_raises
 from .startup import add_verbose_option
 
 logger = logging.getLogger("fairseq_prune.export")

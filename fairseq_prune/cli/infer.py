@@ -21,7 +21,8 @@ from ..inference.decoding import BeamOptions
 from ..inference.config import POST_PROCESS_CHOICES, InferenceConfig
 from ..inference.loop import Backend, read_pytorch_model, run_inference
 from ..inference.scoring import summary_line
-from ..io.safe_output import OutputError, Terminated, sigterm_raises
+from ..io.safe_output import OutputError
+from ..io.signals import Terminated, sigterm_raises
 from .arguments import bounded_int
 from .startup import add_verbose_option
 

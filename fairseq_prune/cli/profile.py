@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from typing import Callable, Dict, List
 
@@ -229,15 +228,13 @@ def main(args: argparse.Namespace) -> Dict:
 
 
 def run_command(get_parser_fn: Callable[[], argparse.ArgumentParser], main_fn: Callable) -> None:
-    """Parse the command line and run ``main_fn``; a refusal (PluginError) ends with one ``PROG: error:`` line."""
-    from ..io.errors import PluginError
+    """Parse the command line and run ``main_fn``; a refusal (PluginError) ends with one ``PROG: error:`` line and
+    status 1, SIGTERM with status 143 (:func:`fairseq_prune.io.signals.run_or_exit`)."""
+    from ..io.signals import run_or_exit
 
     parser = get_parser_fn()
     args = parser.parse_args()
-    try:
-        main_fn(args)
-    except PluginError as e:
-        sys.exit(f"{parser.prog}: error: {e}")
+    run_or_exit(lambda: main_fn(args), parser.prog)
 
 
 def cli_main() -> None:

@@ -8,7 +8,8 @@ before its one line of output or error, none of them about the user's input:
   each time a model is built).
 
 :func:`quiet_start`, called by the package's ``__init__`` before fairseq is imported, hides them when the program
-is one of ours (``fairseq-prune-*``, ``python -m fairseq_prune...``) unless the user asks for warnings:
+is one of ours (``fairseq-prune-*``, ``python -m fairseq_prune...``, the corpus scripts
+``python manifests/*.py``) unless the user asks for warnings:
 ``--verbose`` on the command line, or ``PYTHONWARNINGS`` / ``-W``. Under fairseq's own commands
 (``fairseq-hydra-train --user-dir``) and in other programs that import the plugin nothing changes.
 """
@@ -28,13 +29,17 @@ NOTICES = (
 TENSORBOARDX_LOGGER = "fairseq.tasks.text_to_speech"
 #: how our console scripts are named (setup.py)
 COMMAND_PREFIX = "fairseq-prune-"
+#: the corpus scripts' folder, installed beside the plugin's (setup.py's packages)
+MANIFESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))), "manifests")
 
 
 def our_command(argv: List[str]) -> bool:
-    """Whether the program is one of the plugin's commands: a ``fairseq-prune-*`` console script, or ``python -m``
-    of a module whose package imports the plugin (while the module is being found, ``sys.argv[0]`` is ``-m``)."""
+    """Whether the program is one of the plugin's commands: a ``fairseq-prune-*`` console script, a corpus script
+    (``manifests/*.py``), or ``python -m`` of a module whose package imports the plugin (while the module is being
+    found, ``sys.argv[0]`` is ``-m``)."""
     prog = os.path.basename(argv[0]) if argv else ""
-    return prog.startswith(COMMAND_PREFIX) or prog == "-m"
+    script_folder = os.path.dirname(os.path.realpath(argv[0])) if prog.endswith(".py") else ""
+    return prog.startswith(COMMAND_PREFIX) or prog == "-m" or script_folder == MANIFESTS
 
 
 def quiet_start(argv: Optional[List[str]] = None) -> bool:

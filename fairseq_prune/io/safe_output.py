@@ -16,7 +16,8 @@ what is not ours: the one output rule of every command and every file it writes.
   in the output's folder, so that a later run can tell which process made them;
 * :func:`sweep_stale`: removes the temporary files of that exact form that a process of this host left when it was
   killed (``kill -9``, the OOM killer): those whose process no longer runs, and lock files no process holds;
-* :func:`sigterm_raises`: turns SIGTERM into an exception, so that the code that removes temporary files runs.
+* SIGTERM as an exception, so that the code that removes temporary files runs: :mod:`fairseq_prune.io.signals`;
+  whole output folders written all or nothing: :mod:`fairseq_prune.io.staging`.
 """
 import contextlib
 import errno
@@ -50,10 +51,6 @@ _PROCESS_FILES = ("/proc/", "/dev/fd/")
 
 class OutputError(PluginError):
     """An output that cannot be written (the message names it)."""
-
-
-class Terminated(SystemExit):
-    """Raised by :func:`sigterm_raises` in place of dying of SIGTERM; its code is 128 + the signal number."""
 
 
 def _host() -> str:
@@ -372,26 +369,3 @@ def ignore_file_size_signal() -> None:
     embedding program did not (main thread only: signal dispositions are set there)."""
     if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` in this process (cleanup code runs) instead of ending
-    it at once. Forked children (data-loading workers) that inherit the handler still die of the signal."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    owner = os.getpid()
-
-    def handler(signum, frame):
-        if os.getpid() != owner:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise Terminated(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -1,19 +1,17 @@
-"""All-or-nothing output of the corpus scripts: :class:`Staging` writes under a locked temporary folder inside the
-destination and moves everything to its final name at once; :func:`sweep_stale_partials` removes the temporary
-folders of killed runs; :func:`check_dest` refuses a destination that is not empty (``--dest``/``--overwrite``
-of the manifest scripts: :func:`add_dest_arguments`, :func:`check_manifest_dest`)."""
-import argparse
+"""Output folders written all or nothing (the corpus scripts' corpora and manifests): :class:`Staging` writes
+under a locked temporary folder inside the destination and moves everything to its final name at once;
+:func:`sweep_stale_partials` removes the temporary folders of killed runs; :func:`check_dest` refuses a destination
+that is not empty. Single output files: :mod:`fairseq_prune.io.safe_output`."""
 import contextlib
 import fcntl
 import os
 import re
 import shutil
-import signal
 import tempfile
-import threading
 from typing import List, Set, Tuple
 
-from manifests.errors import COMPLETED, ManifestError
+from .safe_output import OutputError
+from .signals import COMPLETED, sigterm_deferred
 
 #: temporary folders of :class:`Staging`: this prefix, 8 characters of ``tempfile``'s alphabet, and inside
 #: :data:`STAGING_LOCK`, locked (``flock``) by the process writing there for as long as it runs
@@ -40,24 +38,11 @@ def check_dest(dest: str, overwrite: bool, replaces: str) -> None:
     ``replaces`` says what ``--overwrite`` replaces. Stale staging folders (:func:`sweep_stale_partials`) are
     removed first: they do not make a folder non-empty."""
     if os.path.exists(dest) and not os.path.isdir(dest):
-        raise ManifestError(f"{dest}: exists and is not a folder")
+        raise OutputError(f"{dest}: exists and is not a folder")
     if os.path.isdir(dest):
         sweep_stale_partials(dest)
         if os.listdir(dest) and not overwrite:
-            raise ManifestError(f"{dest}: folder exists and is not empty (pass --overwrite to replace {replaces})")
-
-
-def add_dest_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--dest`` and ``--overwrite`` of the manifest scripts (:func:`check_manifest_dest` checks them)."""
-    parser.add_argument("--dest", required=True,
-                        help="output folder (created if missing; must be empty unless --overwrite)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into a --dest that is not empty, replacing its files of the same names "
-                             "(a dict.ltr.txt copied there too)")
-
-
-def check_manifest_dest(args: argparse.Namespace) -> None:
-    check_dest(args.dest, args.overwrite, replaces="its files of the same names")
+            raise OutputError(f"{dest}: folder exists and is not empty (pass --overwrite to replace {replaces})")
 
 
 def sweep_stale_partials(folder: str) -> List[str]:
@@ -105,13 +90,13 @@ def _locked_partial_folder(dest: str) -> Tuple[str, int]:
 class Staging:
     """All-or-nothing output into ``dest``: files and folders are written under a temporary folder inside
     ``dest`` (``.partial-*``) and moved to their final names by :meth:`commit`. :meth:`abort` (called when the
-    ``with`` block raises, SIGTERM included: see :func:`run_or_exit`) removes everything written, and ``dest``
+    ``with`` block raises, SIGTERM included: see :func:`fairseq_prune.io.signals.run_or_exit`) removes everything written, and ``dest``
     itself when this object created it. The temporary folder holds a lock for as long as this process lives, so
     that a later run can tell one left by a killed run and remove it (:func:`sweep_stale_partials`)."""
 
     def __init__(self, dest: str) -> None:
         if os.path.exists(dest) and not os.path.isdir(dest):
-            raise ManifestError(f"{dest}: the destination exists and is not a folder")
+            raise OutputError(f"{dest}: the destination exists and is not a folder")
         self.dest = os.path.abspath(dest)
         self._created = []
         parent = self.dest
@@ -146,7 +131,7 @@ class Staging:
     def commit(self) -> None:
         """Move every staged file and folder to its final name (SIGTERM waits until all are moved), then remove
         the temporary folder."""
-        with _sigterm_deferred():
+        with sigterm_deferred():
             for staged, final in self._staged:
                 if os.path.isdir(final) and not os.path.islink(final):
                     shutil.rmtree(final)
@@ -179,16 +164,3 @@ class Staging:
             self.commit()
         else:
             self.abort()
-
-
-@contextlib.contextmanager
-def _sigterm_deferred():
-    """SIGTERM is held back (delivered when the block ends) in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
