@@ -204,6 +204,9 @@ def test_quiet_start_only_in_our_commands(monkeypatch):
         assert len(caught) == (1 if quiet else 3), argv
     monkeypatch.setattr(sys, "warnoptions", ["default"])
     assert quiet_start(["/venv/bin/fairseq-prune-infer"]) is False
+    # fairseq's own entry (its iterators set it in os.environ when a data loader has workers)
+    monkeypatch.setattr(sys, "warnoptions", ["ignore:semaphore_tracker:UserWarning"])
+    assert quiet_start(["/venv/bin/fairseq-prune-infer"]) is True
 
 
 def test_corpus_scripts_name_themselves_on_the_error_line(capsys, monkeypatch):

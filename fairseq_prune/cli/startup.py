@@ -27,6 +27,8 @@ NOTICES = (
 )
 #: the logger of fairseq's "Please install tensorboardX" line
 TENSORBOARDX_LOGGER = "fairseq.tasks.text_to_speech"
+#: what fairseq's data iterators put in PYTHONWARNINGS (fairseq/data/iterators.py; not a request for warnings)
+TORCH_WARNING_OPTION = "ignore:semaphore_tracker:UserWarning"
 #: how our console scripts are named (setup.py)
 COMMAND_PREFIX = "fairseq-prune-"
 #: the corpus scripts' folder, installed beside the plugin's (setup.py's packages)
@@ -42,11 +44,17 @@ def our_command(argv: List[str]) -> bool:
     return prog.startswith(COMMAND_PREFIX) or prog == "-m" or script_folder == MANIFESTS
 
 
+def user_warning_options() -> list:
+    """The ``-W`` / ``PYTHONWARNINGS`` entries the user gave: not fairseq's own, which its epoch iterators write into
+    ``PYTHONWARNINGS`` (so for every later child process) when a data loader has workers."""
+    return [w for w in sys.warnoptions if w != TORCH_WARNING_OPTION]
+
+
 def quiet_start(argv: Optional[List[str]] = None) -> bool:
     """Hide :data:`NOTICES` and the tensorboardX line in one of our commands, unless ``--verbose`` or
     ``PYTHONWARNINGS``/``-W`` ask for warnings; returns whether it did."""
     argv = sys.argv if argv is None else argv
-    if not our_command(argv) or "--verbose" in argv[1:] or sys.warnoptions:
+    if not our_command(argv) or "--verbose" in argv[1:] or user_warning_options():
         return False
     for category, message in NOTICES:
         warnings.filterwarnings("ignore", message=message, category=category)
