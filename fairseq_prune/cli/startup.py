@@ -28,7 +28,7 @@ NOTICES = (
 #: the logger of fairseq's "Please install tensorboardX" line
 TENSORBOARDX_LOGGER = "fairseq.tasks.text_to_speech"
 #: what fairseq's data iterators put in PYTHONWARNINGS (fairseq/data/iterators.py; not a request for warnings)
-TORCH_WARNING_OPTION = "ignore:semaphore_tracker:UserWarning"
+FAIRSEQ_WARNING_OPTION = "ignore:semaphore_tracker:UserWarning"
 #: how our console scripts are named (setup.py)
 COMMAND_PREFIX = "fairseq-prune-"
 #: the corpus scripts' folder, installed beside the plugin's (setup.py's packages)
@@ -47,7 +47,7 @@ def our_command(argv: List[str]) -> bool:
 def user_warning_options() -> list:
     """The ``-W`` / ``PYTHONWARNINGS`` entries the user gave: not fairseq's own, which its epoch iterators write into
     ``PYTHONWARNINGS`` (so for every later child process) when a data loader has workers."""
-    return [w for w in sys.warnoptions if w != TORCH_WARNING_OPTION]
+    return [w for w in sys.warnoptions if w != FAIRSEQ_WARNING_OPTION]
 
 
 def quiet_start(argv: Optional[List[str]] = None) -> bool:
