@@ -44,7 +44,6 @@ def check_manifest_dest(args: argparse.Namespace) -> None:
     check_dest(args.dest, args.overwrite, replaces="its files of the same names")
 
 
-
 def progress(items: Sequence, desc: str, unit: str = "file", total: Optional[int] = None):
     """A tqdm progress bar on stderr; disabled when stderr is not a terminal, so logs stay readable."""
     return tqdm(items, desc=desc, unit=unit, total=total, disable=None, file=sys.stderr, dynamic_ncols=True)

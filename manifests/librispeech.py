@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> List[str]:
 
 
 def main(args: argparse.Namespace) -> None:
-    run_or_exit(lambda: print("\n".join(run(args))), os.path.basename(__file__))
+    run_or_exit(lambda: print("\n".join(run(args))), script=__file__)
 
 
 if __name__ == "__main__":

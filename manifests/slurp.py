@@ -331,7 +331,7 @@ def intent_inventory(outputs: List[SplitOutput], intents: List[str], args: argpa
 
 
 def main(args: argparse.Namespace) -> None:
-    run_or_exit(lambda: print("\n".join(run(args))), os.path.basename(__file__))
+    run_or_exit(lambda: print("\n".join(run(args))), script=__file__)
 
 
 if __name__ == "__main__":

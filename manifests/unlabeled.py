@@ -164,7 +164,7 @@ def manifest_rows(staged_root: str, final_root: str, jobs: List[Job], frames: Di
 
 
 def main(args: argparse.Namespace) -> None:
-    run_or_exit(lambda: print("\n".join(run(args))), os.path.basename(__file__))
+    run_or_exit(lambda: print("\n".join(run(args))), script=__file__)
 
 
 if __name__ == "__main__":

@@ -134,6 +134,20 @@ def test_no_import_runs_back_up_a_stage():
     assert up == []
 
 
+def test_the_plugin_imports_nothing_of_the_layers_above_it():
+    """manifests/ (the corpus scripts), experiments/, scripts/ and benchmarks/ use the plugin, never the reverse."""
+    above = ("manifests", "experiments", "scripts", "benchmarks")
+    found = []
+    for name, path in module_names().items():
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            found += [f"fairseq_prune.{name} imports {n}" for n in names if n.split(".")[0] in above]
+    assert found == []
+
+
 def test_at_most_six_top_level_modules():
     top = sorted(n for n in os.listdir(PACKAGE) if n.endswith(".py"))
     assert len(top) <= 6, top

@@ -401,20 +401,39 @@ def test_a_signal_before_the_output_is_complete_removes_it_and_after_stops_nothi
     assert [p.name for p in tmp_path.iterdir()] == (["corpus"] if after_commit else [])
 
 
-def test_a_signal_between_a_complete_output_and_the_exit_stops_nothing():
+def test_a_signal_between_a_complete_output_and_the_exit_stops_nothing(tmp_path):
     """The window the random-moment test hit twice in CI (run 7): the body has returned with its output complete
     and the script is on its way out; the default SIGTERM action restored there killed it (status -15) with the
     corpus in place. A finished corpus script now ignores SIGTERM until it exits 0."""
     code = (
         "import os, signal, sys, time\n"
         "import fairseq_prune.io.signals as errors\n"
-        "sys.modules['__main__'].__file__ = '/somewhere/manifests/synthesize.py'\n"
         "def body():\n"
         "    errors.COMPLETED.append('/some/corpus')\n"
-        "errors.run_or_exit(body, 'synthesize.py')\n"
+        "errors.run_or_exit(body, script=sys.modules['__main__'].__file__)\n"
         "os.kill(os.getpid(), signal.SIGTERM)\n"
         "time.sleep(0.5)\n"
         "print('exited normally')\n"
     )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    program = tmp_path / "synthesize.py"
+    program.write_text(code)
+    p = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
     assert (p.returncode, p.stdout.strip()) == (0, "exited normally"), p.stderr
+
+
+def test_a_caller_of_the_runner_gets_its_sigterm_action_back():
+    """Only the program whose own file is ``script`` keeps SIGTERM ignored after a complete output: a caller that
+    runs the body in its process (the demo calling a script's main, a test), named or not, gets its action back."""
+    from fairseq_prune.io import signals
+
+    def body():
+        signals.COMPLETED.append("/some/corpus")
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        for kwargs in ({}, {"script": synthesize.__file__}, {"prog": "synthesize.py"}):
+            signals.run_or_exit(body, **kwargs)
+            assert signal.getsignal(signal.SIGTERM) == before, kwargs
+    finally:
+        signals.COMPLETED.clear()
+        signal.signal(signal.SIGTERM, before)

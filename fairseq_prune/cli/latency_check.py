@@ -191,10 +191,12 @@ def print_row(name: str, r: Dict) -> None:
 
 
 def write_rows(path: str, rows: List[Dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    """``{"rows": rows}`` to ``path``, complete or absent (replacing it)."""
+    from ..io.checkpoints import atomic_output
+    from ..io.safe_output import writing
+
+    with writing(path), atomic_output(path, ".json") as tmp, open(tmp, "w") as f:
         json.dump({"rows": rows}, f, indent=1)
-    os.replace(tmp, path)
 
 
 def main(args: argparse.Namespace) -> List[Dict]:

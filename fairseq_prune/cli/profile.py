@@ -192,7 +192,8 @@ def profile_blocks(shape: Wav2Vec2Shape, args) -> Dict:
 
 
 def main(args: argparse.Namespace) -> Dict:
-    from ..io.checkpoints import load_w2v_source
+    from ..io.checkpoints import atomic_output, load_w2v_source
+    from ..io.safe_output import writing
     from ..latency import LatencyTable
     from ..models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning
 
@@ -218,10 +219,8 @@ def main(args: argparse.Namespace) -> Dict:
     table["block_scale"] = min(1.0, table["dense_ms"] / blocks)
     table["rest_ms"] = table["dense_ms"] - blocks * table["block_scale"]
     table["profile_minutes"] = round((time.time() - started) / 60, 2)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(table, f, indent=1)
-    os.replace(tmp, args.output)
+    with writing(args.output), atomic_output(args.output, ".json") as tmp, open(tmp, "w") as f:
+        json.dump(table, f, indent=1)  # complete or absent: a signal or a full disk leaves no temporary file
     print(f"fairseq-prune-profile: wrote {args.output}: dense {table['dense_ms']:.1f} ms ({blocks:.1f} ms in the "
           f"prunable blocks), {table['device']}, {table['profile_minutes']} min")
     return table

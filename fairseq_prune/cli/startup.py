@@ -9,9 +9,9 @@ before its one line of output or error, none of them about the user's input:
 
 :func:`quiet_start`, called by the package's ``__init__`` before fairseq is imported, hides them when the program
 is one of ours (``fairseq-prune-*``, ``python -m fairseq_prune...``, the corpus scripts
-``python manifests/*.py``) unless the user asks for warnings:
-``--verbose`` on the command line, or ``PYTHONWARNINGS`` / ``-W``. Under fairseq's own commands
-(``fairseq-hydra-train --user-dir``) and in other programs that import the plugin nothing changes.
+``python manifests/*.py``) unless the user asks for warnings: ``--verbose`` on the command line (not the corpus
+scripts'), or ``PYTHONWARNINGS`` / ``-W``. Under fairseq's own commands (``fairseq-hydra-train --user-dir``) and in
+other programs that import the plugin nothing changes.
 """
 import logging
 import os

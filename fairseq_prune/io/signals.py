@@ -70,22 +70,24 @@ def sigterm_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
-def _running_as(prog: str) -> bool:
-    """Whether this process runs the program file named ``prog`` (not a caller that imported its module)."""
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None) or ""
-    return os.path.basename(main_file) == prog
+def _running_as(script: str) -> bool:
+    """Whether this process runs the program file ``script`` (not a caller that imported its module)."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return bool(main_file) and os.path.realpath(main_file) == os.path.realpath(script)
 
 
-def run_or_exit(body: Callable[[], None], prog: Optional[str] = None, status: int = 1) -> None:
+def run_or_exit(body: Callable[[], None], prog: Optional[str] = None, status: int = 1,
+                script: Optional[str] = None) -> None:
     """Run a command's body; a :class:`PluginError` becomes one ``PROG: error: ...`` line on stderr and exit code
-    ``status`` (``prog``: the program's name, default ``sys.argv[0]``'s, so that a line in a long log says who wrote
-    it). SIGTERM and Ctrl-C stop it the same way (exit codes 143 and 130) after the unfinished output is removed; one
-    that comes once the output is complete (:data:`COMPLETED`) stops nothing: exit 0, so that 0 means "complete"
-    and 143/130 "nothing written". Run as the program itself, a body that completed its output leaves SIGTERM
-    ignored until the process exits (see :func:`sigterm_raises`)."""
-    prog = prog or os.path.basename(sys.argv[0]) or "fairseq-prune"
+    ``status`` (``prog``: the program's name, default ``script``'s file name, else ``sys.argv[0]``'s, so that a line
+    in a long log says who wrote it). SIGTERM and Ctrl-C stop it the same way (exit codes 143 and 130) after the
+    unfinished output is removed; one that comes once the output is complete (:data:`COMPLETED`) stops nothing: exit
+    0, so that 0 means "complete" and 143/130 "nothing written". ``script``: the caller's own file (``__file__``);
+    when the process runs that very file as its program, a body that completed its output leaves SIGTERM ignored
+    until the process exits (see :func:`sigterm_raises`); any other caller gets its SIGTERM action back."""
+    prog = prog or os.path.basename(script or sys.argv[0]) or "fairseq-prune"
     try:
-        with sigterm_raises(ignore_after=lambda: bool(COMPLETED) and _running_as(prog)):
+        with sigterm_raises(ignore_after=lambda: bool(COMPLETED) and script is not None and _running_as(script)):
             body()
     except PluginError as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
