@@ -7,16 +7,20 @@ The model's time is modelled as the sum of its prunable blocks plus a fixed rest
 
 ``conv_i`` is measured on a grid of (input, output) channel counts of conv layer ``i`` (layer 0: one input
 channel), ``attention`` on a grid of head counts and ``ffn`` of FFN widths (every Transformer layer has the
-same shape, so one grid serves all), at the table's input length and batch; ``rest`` is the dense model's
-measured time minus its blocks' (positional convolution, norms, projections, framework overhead), so that the
-table's sum at the dense sizes is the dense model's measured time. Between grid points the time is interpolated
+same shape, so one grid serves all), at the table's input length and batch. Blocks timed alone do not take
+exactly what they take inside the model, so the sum is calibrated on two whole models timed by the profiler, the
+dense one and the *floor* one (every prunable block at its smallest: one conv channel, no head, no FFN unit):
+the blocks are scaled by ``block_scale`` and ``rest`` (positional convolution, norms, projections, framework
+overhead: what no gate removes) is the floor model's time less its tiny blocks', so that the table predicts
+both models' measured times (:func:`calibrate`). Between grid points the time is interpolated
 linearly (bilinearly for the conv layers) over values made non-decreasing along every axis, so the prediction
 is monotone in every size and has a gradient almost everywhere. With expected sizes the blocks are evaluated
 at the expected counts (a plug-in estimate of the expected latency).
 
 Table format (JSON): ``format``, ``architecture`` (:func:`architecture_key` of the dense model), ``device``,
 ``backend``, ``threads``, ``batch``, ``seconds``, ``versions``, ``conv`` (per layer: ``c_in``, ``c_out`` grids
-and ``ms`` rows), ``attention`` / ``ffn`` (``sizes`` grid and ``ms``), ``rest_ms``, ``dense_ms``.
+and ``ms`` rows), ``attention`` / ``ffn`` (``sizes`` grid and ``ms``), ``rest_ms``, ``block_scale``,
+``dense_ms``, ``floor_ms`` (tables made before the floor model: the rest is the dense time less the blocks').
 """
 import json
 from typing import Any, Dict, List, Sequence
@@ -28,6 +32,26 @@ from .io.errors import ConfigError
 from .layer_sizes import LayerSizes
 
 FORMAT = "fairseq-prune-latency/1"
+
+
+def floor_sizes(sizes: LayerSizes) -> LayerSizes:
+    """The smallest sizes of an architecture: one channel per conv layer, no head, no FFN unit."""
+    return LayerSizes(tuple(1 for _ in sizes.conv_channels), tuple(0 for _ in sizes.attention_heads),
+                      tuple(0 for _ in sizes.ffn_units))
+
+
+def calibrate(dense_ms: float, floor_ms: float, dense_blocks: float, floor_blocks: float) -> Dict[str, float]:
+    """``block_scale`` and ``rest_ms`` such that ``scale * blocks + rest`` is the measured time of both the dense
+    model (its blocks sum to ``dense_blocks`` timed alone) and the floor model (``floor_blocks``). Where the two
+    measurements admit no such fit with a positive scale and a rest of at least 0 (timer noise on tiny inputs),
+    the rest is the dense time less its blocks', scaled down to it where they overrun it: the dense time stays
+    exact either way."""
+    scale = (dense_ms - floor_ms) / (dense_blocks - floor_blocks) if dense_blocks > floor_blocks else 0.0
+    rest = floor_ms - scale * floor_blocks
+    if scale <= 0 or rest < 0:
+        scale = min(1.0, dense_ms / dense_blocks) if dense_blocks > 0 else 1.0
+        rest = dense_ms - scale * dense_blocks
+    return {"block_scale": scale, "rest_ms": rest}
 
 
 def architecture_key(shape: Wav2Vec2Shape) -> Dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fairseq_prune.cli import profile
-from fairseq_prune.latency import LatencyTable, interp1, interp2, monotone
+from fairseq_prune.latency import LatencyTable, calibrate, floor_sizes, interp1, interp2, monotone
 from fairseq_prune.layer_sizes import LayerSizes
 from helpers import criterion_and_batch, hydra_train, log_records
 
@@ -49,15 +49,39 @@ def test_the_dense_model_is_the_tables_sum(table_path):
     assert len(blocks) == 7 + 2 * 2
     assert float(table.predict(dense)) == pytest.approx(data["dense_ms"], rel=1e-9)
     assert float(sum(blocks.values())) + data["rest_ms"] == pytest.approx(data["dense_ms"], rel=1e-9)
-    # no negative rest: blocks that overran the model when timed alone are scaled down to it
-    assert data["rest_ms"] >= 0 and 0 < data["block_scale"] <= 1
-    assert data["block_scale"] == 1 or data["rest_ms"] == pytest.approx(0, abs=1e-9)
+    # calibrated on the dense and the floor model (calibrate's two cases are tested below): never a negative rest
+    assert data["rest_ms"] >= 0 and data["block_scale"] > 0 and data["floor_ms"] > 0
+    floor = floor_sizes(dense)
+    assert floor == LayerSizes((1,) * 7, (0, 0), (0, 0))
+    unscaled = LatencyTable({**data, "block_scale": 1.0})
+    fit = calibrate(data["dense_ms"], data["floor_ms"], float(sum(unscaled.blocks(dense).values())),
+                    float(sum(unscaled.blocks(floor).values())))
+    assert fit == pytest.approx({k: data[k] for k in ("block_scale", "rest_ms")})
     # at a grid point the prediction is the (monotone) measurement, times that scale
     first = data["conv"][1]
     assert float(blocks["conv.1"]) == pytest.approx(table.conv[1]["ms"][-1][-1] * data["block_scale"])
     halved = LatencyTable({**data, "block_scale": data["block_scale"] / 2}).blocks(dense)
     assert all(float(halved[k]) == pytest.approx(float(v) / 2) for k, v in blocks.items())
     assert first["c_in"][-1] == first["c_out"][-1] == 32 and data["device"] == "test-cpu"
+
+
+def test_the_calibration_fits_the_dense_and_the_floor_model():
+    """Blocks that take 10% more inside the model than alone, and 5 ms that no gate removes: both models exact."""
+    fit = calibrate(dense_ms=115.0, floor_ms=5.11, dense_blocks=100.0, floor_blocks=0.1)
+    assert fit["block_scale"] == pytest.approx(1.1) and fit["rest_ms"] == pytest.approx(5.0)
+    for blocks, measured in ((100.0, 115.0), (0.1, 5.11)):
+        assert fit["block_scale"] * blocks + fit["rest_ms"] == pytest.approx(measured)
+    # blocks alone that overrun the model: scaled down, the rest still measured
+    fit = calibrate(dense_ms=90.0, floor_ms=5.085, dense_blocks=100.0, floor_blocks=0.1)
+    assert fit["block_scale"] == pytest.approx(0.85) and fit["rest_ms"] == pytest.approx(5.0)
+    # no fit (a floor model timed slower than the dense one, timer noise): the rest by subtraction, dense exact
+    fit = calibrate(dense_ms=10.0, floor_ms=12.0, dense_blocks=8.0, floor_blocks=0.5)
+    assert fit == pytest.approx({"block_scale": 1.0, "rest_ms": 2.0})
+    fit = calibrate(dense_ms=10.0, floor_ms=12.0, dense_blocks=11.0, floor_blocks=0.5)
+    assert fit == pytest.approx({"block_scale": 10.0 / 11.0, "rest_ms": 0.0})
+    # a floor model whose blocks alone take longer than it (rest < 0): the same rule
+    fit = calibrate(dense_ms=10.0, floor_ms=0.4, dense_blocks=8.0, floor_blocks=0.5)
+    assert fit["rest_ms"] >= 0 and fit["block_scale"] * 8.0 + fit["rest_ms"] == pytest.approx(10.0)
 
 
 def test_interpolation_is_monotone_and_differentiable():

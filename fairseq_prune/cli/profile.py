@@ -194,7 +194,7 @@ def profile_blocks(shape: Wav2Vec2Shape, args) -> Dict:
 def main(args: argparse.Namespace) -> Dict:
     from ..io.checkpoints import atomic_output, load_w2v_source
     from ..io.safe_output import writing
-    from ..latency import LatencyTable
+    from ..latency import LatencyTable, calibrate, floor_sizes
     from ..models.wav2vec2_ctc_pruning import Wav2Vec2CtcPruning
 
     if os.path.lexists(args.output) and not args.force:
@@ -212,17 +212,21 @@ def main(args: argparse.Namespace) -> Dict:
              "checkpoint": os.path.abspath(args.checkpoint)}
     table.update(profile_blocks(shape, args))
     audio = torch.randn(args.batch, int(round(args.seconds * 16000)))
+    floor = floor_sizes(shape.sizes)  # what no gate removes, measured in a whole model rather than inferred
+    floor_model = Wav2Vec2CtcPruning.from_w2v_args(source.w2v_args, 32, conv_channels=list(floor.conv_channels),
+                                                   attention_heads=list(floor.attention_heads),
+                                                   ffn_units=list(floor.ffn_units)).eval()
     table["dense_ms"] = median_ms(model_runner(model, audio, args.backend, args.threads), args.rounds)
-    blocks = float(sum(LatencyTable({**table, "rest_ms": 0.0}).blocks(shape.sizes).values()))
-    # blocks timed alone can add up to more than the model (timer noise, caches warm for one block): then they are
-    # scaled down to the model's time and nothing is left for the rest, so that no prediction goes negative
-    table["block_scale"] = min(1.0, table["dense_ms"] / blocks)
-    table["rest_ms"] = table["dense_ms"] - blocks * table["block_scale"]
+    table["floor_ms"] = median_ms(model_runner(floor_model, audio, args.backend, args.threads), args.rounds)
+    unscaled = LatencyTable({**table, "rest_ms": 0.0, "block_scale": 1.0})
+    blocks = float(sum(unscaled.blocks(shape.sizes).values()))
+    table.update(calibrate(table["dense_ms"], table["floor_ms"], blocks, float(sum(unscaled.blocks(floor).values()))))
     table["profile_minutes"] = round((time.time() - started) / 60, 2)
     with writing(args.output), atomic_output(args.output, ".json") as tmp, open(tmp, "w") as f:
         json.dump(table, f, indent=1)  # complete or absent: a signal or a full disk leaves no temporary file
     print(f"fairseq-prune-profile: wrote {args.output}: dense {table['dense_ms']:.1f} ms ({blocks:.1f} ms in the "
-          f"prunable blocks), {table['device']}, {table['profile_minutes']} min")
+          f"prunable blocks timed alone, scaled by {table['block_scale']:.3f}; {table['rest_ms']:.1f} ms that no gate "
+          f"removes), {table['device']}, {table['profile_minutes']} min")
     return table
 
 
