@@ -212,7 +212,7 @@ def test_a_pruned_row_gets_the_longer_dense_runs_updates_at_most_a_sessions_shar
     fresh.done.update(s.done)
     assert fresh.needs(pruned)[2] == fresh.needs(latency)[2] == (
         f"the latency table {s.latency_table} (made by: fairseq-prune-profile assets/pretrained/wav2vec2_mini.pt "
-        "assets/study/latency_mini_eager_1thread.json --force)")
+        "assets/study/latency_mini_eager_1thread.json --force --rounds 15)")
     table["architecture"]["ffn_units"] = [7] * len(table["architecture"]["ffn_units"])
     json.dump(table, open(s.latency_table, "w"))
     other = tiny_study()
