@@ -323,10 +323,15 @@ class Study:
 
 
 def all_rows_resolved(study: "Study") -> List[Row]:
-    out = []
+    """The plan's rows with ``auto`` decided where it can be, each once: the headline row of the winning start is
+    that protocol row itself."""
+    out, seen = [], set()
     for r in rows():
         resolved, _ = study.resolve(r)
-        out.append(resolved or r)
+        row = resolved or r
+        if row.name not in seen:
+            seen.add(row.name)
+            out.append(row)
     return out
 
 

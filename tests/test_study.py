@@ -244,6 +244,19 @@ def test_a_fine_tuning_row_waits_for_its_pruned_rows_model_and_auto_ships_both_p
     assert s.needs(ft) == (study.FINETUNE_MAX_UPDATES, None, "")
 
 
+def test_once_auto_is_decided_the_winning_protocol_row_is_listed_once(tiny_study, monkeypatch):
+    """The headline row (auto) of the start that won on dev is that protocol row: the report lists it once."""
+    monkeypatch.setattr(study, "rows", study_plan.rows)
+    s = tiny_study()
+    ssl, dense = study_plan.protocol_rows()
+    s.done[ssl.name] = {"best_dev": 2.769, "prune_from": "ssl"}
+    s.done[dense.name] = {"best_dev": 2.783, "prune_from": "dense"}
+    names = [r.name for r in study.all_rows_resolved(s)]
+    assert len(names) == len(set(names)) and ssl.name in names and dense.name in names
+    headline = Row("slurp", "HJ-Pruning-MAC", 1, (0.5,), "layers", "auto")
+    assert s.resolve(headline)[0].name == ssl.name
+
+
 def test_a_run_folder_started_under_another_plan_is_set_aside(tmp_path, capsys):
     save = str(tmp_path / "runs" / "row")
     plan = {"updates": 10000, "overrides": ["criterion.target=0.5"]}
