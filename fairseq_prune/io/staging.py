@@ -91,8 +91,9 @@ class Staging:
     """All-or-nothing output into ``dest``: files and folders are written under a temporary folder inside
     ``dest`` (``.partial-*``) and moved to their final names by :meth:`commit`. :meth:`abort` (called when the
     ``with`` block raises, SIGTERM included: see :func:`fairseq_prune.io.signals.run_or_exit`) removes everything
-    written, and ``dest`` itself when this object created it. The temporary folder holds a lock for as long as this process lives, so
-    that a later run can tell one left by a killed run and remove it (:func:`sweep_stale_partials`)."""
+    written, and ``dest`` itself when this object created it. The temporary folder holds a lock for as long as
+    this process lives, so that a later run can tell one left by a killed run and remove it
+    (:func:`sweep_stale_partials`)."""
 
     def __init__(self, dest: str) -> None:
         if os.path.exists(dest) and not os.path.isdir(dest):
