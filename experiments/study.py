@@ -66,7 +66,7 @@ class Study:
         plateau rule, and its run folder (``checkpoint_last.pt``) is on this machine."""
         if row["method"] not in ("dense", "small-dense") or row["updates"] >= DENSE_MAX_UPDATES:
             return False
-        save = os.path.join(self.work, "runs", row["name"])
+        save = self.run_folder(row["name"])
         if (row.get("stopped") or stop_reason(training_log(save))) == "plateau":
             return False
         if not os.path.exists(os.path.join(save, "checkpoint_last.pt")):
@@ -76,6 +76,11 @@ class Study:
         log(f"study: row {row['name']} stopped at the cap of {row['updates']} updates, not by its plateau rule: it "
             f"continues from {save}/checkpoint_last.pt to at most {DENSE_MAX_UPDATES}")
         return True
+
+    def run_folder(self, name: str) -> str:
+        """A row's fairseq save folder (scratch, on this machine only): an interrupted run resumes from its
+        ``checkpoint_last.pt``."""
+        return os.path.join(self.work, "runs", name)
 
     def files(self, name: str) -> RowFiles:
         return RowFiles(self.results, self.assets, name)
@@ -124,7 +129,7 @@ class Study:
 
     def exported(self, row: Row) -> str:
         """Where a pruned row's exported model is written (on this machine only)."""
-        return os.path.join(self.work, "runs", row.name, "pruned.pt")
+        return os.path.join(self.run_folder(row.name), "pruned.pt")
 
     def start_model(self, row: Row) -> str:
         if row.method == "small-dense":
@@ -142,7 +147,7 @@ class Study:
     def run(self, row: Row) -> Dict:
         """Train (resuming), ship or export, decode the test set, score with intervals; writes and commits the row."""
         updates, teacher, _ = self.needs(row)
-        save = os.path.join(self.work, "runs", row.name)
+        save = self.run_folder(row.name)
         recipe = "dense_converged" if row.finetune else METHODS[row.method][0]
         extra = overrides(row, updates, teacher, self.latency_table)
         if not row.dense:  # a dense row continues under a raised cap (continues); a pruned one never changes plan
@@ -346,6 +351,19 @@ def pending(study: Study, only: Optional[List[str]]) -> List[Row]:
         if resolved is not None and any(p.name == name for p in out):
             continue  # an "auto" row that resolved to a row already pending
         out.append(resolved or r)
+    return out
+
+
+def listing(study: Study, only: Optional[List[str]] = None) -> List[str]:
+    """``--list``: one line per row, done (with its scores) or pending (what it waits for, or the
+    ``checkpoint_last.pt`` an interrupted run resumes from)."""
+    out = [f"done     {name}: {Study.cells(row)}" for name, row in study.done.items()]
+    for row in pending(study, only):
+        resolved, waits = study.resolve(row)
+        needs = study.needs(resolved)[2] if resolved else waits
+        last = os.path.join(study.run_folder((resolved or row).name), "checkpoint_last.pt")
+        state = f" (waits for {needs})" if needs else f" (resumes from {last})" if os.path.exists(last) else ""
+        out.append(f"pending  {row.name}{state}")
     return out
 
 

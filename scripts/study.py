@@ -74,18 +74,13 @@ def get_parser() -> argparse.ArgumentParser:
 
 def converged(args: argparse.Namespace) -> List[Dict]:
     """--protocol converged: the resumable study (experiments/study.py)."""
-    from experiments.study import Study, pending, run_study
+    from experiments.study import Study, listing, run_study
 
     work = os.path.abspath(args.work)
     manifests = prepare_corpora(args.corpora_work) if not args.list else {}
     study = Study(work, manifests, commit=args.commit)
     if args.list:
-        for name, row in study.done.items():
-            print(f"done     {name}: {Study.cells(row)}")
-        for row in pending(study, args.only):
-            resolved, waits = study.resolve(row)
-            needs = study.needs(resolved)[2] if resolved else waits
-            print(f"pending  {row.name}" + (f" (waits for {needs})" if needs else ""))
+        print("\n".join(listing(study, args.only)))
         return list(study.done.values())
     return run_study(study, jobs=args.jobs, only=args.only, start_within=args.start_within)
 

@@ -257,6 +257,19 @@ def test_once_auto_is_decided_the_winning_protocol_row_is_listed_once(tiny_study
     assert s.resolve(headline)[0].name == ssl.name
 
 
+def test_the_listing_names_the_checkpoint_an_interrupted_row_resumes_from(tiny_study):
+    """--list: a pending row whose run folder holds a checkpoint_last.pt says it resumes from it; a fresh one says
+    nothing more, a pruned one what it waits for."""
+    s = tiny_study()
+    last = os.path.join(s.run_folder(ROWS[0].name), "checkpoint_last.pt")
+    os.makedirs(os.path.dirname(last))
+    open(last, "wb").close()
+    lines = study.listing(s)
+    assert lines[0] == f"pending  {ROWS[0].name} (resumes from {last})"
+    assert lines[1] == f"pending  {ROWS[1].name}"
+    assert lines[2].startswith(f"pending  {ROWS[2].name} (waits for ") and len(lines) == 3
+
+
 def test_a_run_folder_started_under_another_plan_is_set_aside(tmp_path, capsys):
     save = str(tmp_path / "runs" / "row")
     plan = {"updates": 10000, "overrides": ["criterion.target=0.5"]}
