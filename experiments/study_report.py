@@ -5,6 +5,7 @@ import os
 from typing import Dict, List
 
 from .report import pyplot
+from .study_plan import LATENCY_TABLE
 
 
 def _ci(r: Dict, key: str, ci_key: str) -> str:
@@ -27,6 +28,15 @@ def _speedup(r: Dict) -> str:
     return f"{latency['measured_speedup']:.2f}x" if latency and "measured_speedup" in latency else "–"
 
 
+def _latency(r: Dict) -> str:
+    """The latency ratio to dense the committed table predicted for the exported model, and the one measured."""
+    latency = r.get("latency")
+    if not latency or "predicted_latency_ratio" not in latency:
+        return "–"
+    measured = latency.get("measured_latency_ratio")
+    return f"{latency['predicted_latency_ratio']:.2f} / " + (f"{measured:.2f}" if measured is not None else "–")
+
+
 def _label(r: Dict) -> str:
     target = "" if r["target"] is None else " " + "/".join(f"{t:g}" for t in r["target"])
     extra = "" if r["method"] in ("dense", "small-dense") else f", distill {r['distill']}, from {r['prune_from']}"
@@ -43,23 +53,25 @@ def study_markdown(rows: List[Dict]) -> str:
            "40 voices each. [low, high]: 95% bootstrap interval over utterances; vs dense: paired bootstrap "
            "interval of the difference to the dense model of the same seed. speed-up: dense time / this "
            "model's, both timed side by side at export (eager PyTorch, 1 thread, batch 1, 10 s; another run "
-           "shared the machine).", ""]
+           "shared the machine). latency: the ratio to dense that the committed latency table "
+           f"({LATENCY_TABLE}) predicts for the exported model / the ratio measured "
+           "at export.", ""]
     for corpus in ("librispeech", "slurp"):
         these = [r for r in rows if r["corpus"] == corpus]
         if not these:
             continue
         out += [f"## {corpus}", ""]
         if corpus == "slurp":
-            out += ["| row | seed | MACs | speed-up | intent acc. | vs dense | transcript WER | vs dense | updates "
-                    "| min |", "|---|---|---|---|---|---|---|---|---|---|"]
-            out += [f"| {_label(r)} | {r['seed']} | {r['macs_ratio']:.2f} | {_speedup(r)} | "
+            out += ["| row | seed | MACs | latency | speed-up | intent acc. | vs dense | transcript WER | vs dense "
+                    "| updates | min |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            out += [f"| {_label(r)} | {r['seed']} | {r['macs_ratio']:.2f} | {_latency(r)} | {_speedup(r)} | "
                     f"{_ci(r, 'intent_accuracy', 'intent_ci')} | {_diff(r, 'intent_accuracy')} | "
                     f"{_ci(r, 'transcript_wer', 'transcript_wer_ci')} | {_diff(r, 'transcript_wer')} | "
                     f"{r['updates']} | {r['minutes']:.0f} |" for r in these]
         else:
-            out += ["| row | seed | MACs | speed-up | WER | vs dense | updates | min |",
-                    "|---|---|---|---|---|---|---|---|"]
-            out += [f"| {_label(r)} | {r['seed']} | {r['macs_ratio']:.2f} | {_speedup(r)} | "
+            out += ["| row | seed | MACs | latency | speed-up | WER | vs dense | updates | min |",
+                    "|---|---|---|---|---|---|---|---|---|"]
+            out += [f"| {_label(r)} | {r['seed']} | {r['macs_ratio']:.2f} | {_latency(r)} | {_speedup(r)} | "
                     f"{_ci(r, 'wer', 'wer_ci')} | "
                     f"{_diff(r, 'wer')} | {r['updates']} | {r['minutes']:.0f} |" for r in these]
         out.append("")

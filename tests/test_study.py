@@ -431,6 +431,20 @@ def test_paired_interval_uses_the_same_utterances():
         bootstrap.paired_interval((ids, a), (ids[::-1], a), "wer")
 
 
+def test_the_report_prints_predicted_and_measured_latency_beside_the_speedup():
+    from experiments.study_report import study_markdown
+    row = {"name": "librispeech_HJ-Pruning-latency_0.5_layers_from-ssl_s1", "corpus": "librispeech",
+           "method": "HJ-Pruning-latency", "target": [0.5], "seed": 1, "distill": "layers", "prune_from": "ssl",
+           "macs_ratio": 0.43, "wer": 9.8, "wer_ci": [8.9, 10.7], "wer_vs_dense": 0.5,
+           "wer_vs_dense_ci": [0.1, 0.9], "updates": 10000, "minutes": 120.0,
+           "latency": {"predicted_latency_ratio": 0.5012, "measured_latency_ratio": 0.5231, "measured_speedup": 1.91}}
+    untimed = {**row, "name": "x", "latency": {"predicted_latency_ratio": 0.5012}}
+    lines = study_markdown([row, untimed]).splitlines()
+    assert "| HJ-Pruning-latency 0.5, distill layers, from ssl | 1 | 0.43 | 0.50 / 0.52 | 1.91x | 9.8 [8.9, 10.7] | " \
+        "+0.5 [+0.1, +0.9] | 10000 | 120 |" in lines
+    assert any("| 0.43 | 0.50 / – | – |" in line for line in lines)
+
+
 def test_plan_rows_and_overrides():
     rows = study_plan.rows()
     names = [r.name for r in rows]
