@@ -18,9 +18,10 @@ test-fast: setup
 demo: setup
 	$(PY) scripts/demo.py
 
-# all methods of the paper at 2-3 targets on the mini corpora (long: see README)
+# the study at convergence (hours across sessions, resumable: run it again to continue; README, docs/protocols.md);
+# the former short sweep of every method at 2-3 targets: scripts/study.py --protocol finetuned
 study: setup
-	$(PY) scripts/study.py
+	$(PY) scripts/study.py --protocol converged
 
 # benchmarks that print numbers: inference speed (exported vs dense, wav2vec2-base size, eager PyTorch and
 # onnxruntime), training overhead, and the latency budget's allocation against the MAC budget's (predicted and

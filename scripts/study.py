@@ -1,5 +1,7 @@
-"""`make study`: every method of the paper on the mini corpora at 2-3 targets each, i.e. the paper's
-accuracy-vs-computation comparison at small scale (WER on mini LibriSpeech, intent accuracy on mini SLURP).
+"""The study. `make study` runs --protocol converged: the committed study at convergence (experiments/study.py;
+resumable across sessions, results in docs/results/study.json). The other protocols are the short sweep of
+every method of the paper on the mini corpora at 2-3 targets each, i.e. the paper's accuracy-vs-computation
+comparison at small scale (WER on mini LibriSpeech, intent accuracy on mini SLURP).
 
 The same two protocols as `make demo`: --protocol finetuned (default) fine-tunes each corpus's dense baseline from
 the shipped fine-tuned start model and every pruning method prunes while fine-tuning from the same start
@@ -133,7 +135,7 @@ def main(args: argparse.Namespace) -> List[Dict]:
     with open(os.path.join(args.results, "study.json"), "w") as f:
         json.dump({"rows": rows, "minutes": minutes, "args": vars(args)}, f, indent=1)
     with open(os.path.join(args.results, "study.md"), "w") as f:
-        f.write(md + f"\n\nMade by `make study` in {minutes} min ({args.updates} updates per run).\n")
+        f.write(md + f"\n\nMade by `python scripts/study.py` in {minutes} min ({args.updates} updates per run).\n")
     plot_accuracy_vs_gmacs(rows, os.path.join(args.results, "study_accuracy_vs_gmacs.png"), by_target=True)
     return rows
 
