@@ -35,6 +35,9 @@ RESULTS = os.path.join(REPO, "docs", "results")
 ASSETS = os.path.join(REPO, "assets", "study")
 SMALL_PRETRAINED = os.path.join(os.path.dirname(PRETRAINED_MODEL), "wav2vec2_small.pt")
 COMMAND = "python scripts/study.py --protocol converged"
+#: a pruned row is compared with the small dense control when its MACs ratio is at most the control's plus this
+#: (twice the criterion's default budget tolerance: a 0.5 target lands at 0.49-0.51)
+CONTROL_MACS_SLACK = 0.02
 
 
 class Study:
@@ -297,6 +300,25 @@ class Study:
                 return read_counts(self.files(name).counts)
         return None
 
+    def against_control(self, rows: List[Dict]) -> List[Dict]:
+        """Each pruned row at most as costly as its corpus's small dense control (MACs ratio within
+        :data:`CONTROL_MACS_SLACK` of it) against that control, paired on the same test utterances: the question a
+        user asks before pruning ("why not train a small model?"). Negative WER / positive accuracy: pruning wins."""
+        out = []
+        for control in (r for r in rows if r["method"] == "small-dense"):
+            counts = read_counts(self.files(control["name"]).counts)
+            metrics = ["wer"] + (["intent_accuracy", "transcript_wer"] if control["corpus"] == "slurp" else [])
+            for r in rows:
+                if (r["corpus"] != control["corpus"] or r["method"] in ("dense", "small-dense")
+                        or r["macs_ratio"] > control["macs_ratio"] + CONTROL_MACS_SLACK):
+                    continue
+                pruned = read_counts(self.files(r["name"]).counts)
+                item = {"name": r["name"], "control": control["name"]}
+                for m in metrics:
+                    item[m], item[f"{m}_ci"] = bootstrap.paired_interval(pruned, counts, m)
+                out.append(item)
+        return out
+
     # ---------------------------------------------------------------------------------------------- reports
     def write(self) -> None:
         from .study_report import study_markdown
@@ -306,7 +328,8 @@ class Study:
         ordered += [r for n, r in current.items() if r not in ordered]
         os.makedirs(self.results, exist_ok=True)
         for path, text in ((self.path, json.dumps({"rows": ordered}, indent=1) + "\n"),
-                           (os.path.splitext(self.path)[0] + ".md", study_markdown(ordered))):
+                           (os.path.splitext(self.path)[0] + ".md",
+                            study_markdown(ordered, self.against_control(ordered)))):
             with open(path + ".tmp", "w") as f:
                 f.write(text)
             os.replace(path + ".tmp", path)

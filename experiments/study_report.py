@@ -2,7 +2,7 @@
 difference to the dense model) and the plots (test accuracy vs MAC ratio with intervals, dev learning curves)."""
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from .report import pyplot
 from .study_plan import LATENCY_TABLE
@@ -28,6 +28,9 @@ def _speedup(r: Dict) -> str:
     return f"{latency['measured_speedup']:.2f}x" if latency and "measured_speedup" in latency else "–"
 
 
+_METRIC_NAMES = {"wer": "WER", "intent_accuracy": "intent acc.", "transcript_wer": "transcript WER"}
+
+
 def _latency(r: Dict) -> str:
     """The latency ratio to dense the committed table predicted for the exported model, and the one measured."""
     latency = r.get("latency")
@@ -44,9 +47,10 @@ def _label(r: Dict) -> str:
     return f"{r['method']}{target}{extra}{tuned}"
 
 
-def study_markdown(rows: List[Dict]) -> str:
+def study_markdown(rows: List[Dict], controls: Sequence[Dict] = ()) -> str:
     """One table per corpus; values are test-set numbers with 95% bootstrap intervals, differences are paired
-    (same utterances) against the dense row of the same seed."""
+    (same utterances) against the dense row of the same seed; ``controls``: pruned rows against the small dense
+    control (``Study.against_control``)."""
     out = ["# The study at convergence: results", "",
            "Made by `python scripts/study.py --protocol converged` (each row's own command and commit are in "
            "study.json). Test sets: mini LibriSpeech test-clean 840 utterances, mini SLURP test 846 recordings, "
@@ -75,6 +79,19 @@ def study_markdown(rows: List[Dict]) -> str:
                     f"{_ci(r, 'wer', 'wer_ci')} | "
                     f"{_diff(r, 'wer')} | {r['updates']} | {r['minutes']:.0f} |" for r in these]
         out.append("")
+        mine = [c for c in controls if c["name"] in {r["name"] for r in these}]
+        if mine:
+            metrics = ["wer"] if corpus == "librispeech" else ["intent_accuracy", "transcript_wer"]
+            out += [f"Against the small dense control ({mine[0]['control']}, the same MACs; paired on the same "
+                    "test utterances; WER below 0 or accuracy above 0: the pruned model is better):", "",
+                    "| row | seed | " + " | ".join(f"{_METRIC_NAMES[m]} vs small-dense" for m in metrics) + " |",
+                    "|---|---|" + "---|" * len(metrics)]
+            by_name = {r["name"]: r for r in these}
+            for c in mine:
+                cells = [f"{c[m]:+.1f} [{c[m + '_ci'][0]:+.1f}, {c[m + '_ci'][1]:+.1f}]" for m in metrics]
+                out.append(f"| {_label(by_name[c['name']])} | {by_name[c['name']]['seed']} | " + " | ".join(cells)
+                           + " |")
+            out.append("")
         for r in these:
             if r.get("dense_best_dev_by_then") is not None:
                 out.append(f"- {r['name']}: best dev WER {r['best_dev']:.2f} after {r['updates']} updates from the "

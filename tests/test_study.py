@@ -445,6 +445,36 @@ def test_the_report_prints_predicted_and_measured_latency_beside_the_speedup():
     assert any("| 0.43 | 0.50 / – | – |" in line for line in lines)
 
 
+def test_pruned_rows_are_compared_with_the_small_dense_control_on_the_same_utterances(tiny_study):
+    """A pruned row at the control's MACs gets paired differences against it (here one error fewer in every
+    utterance: exactly -10 WER points); a costlier pruned row and the dense rows are not compared."""
+    from experiments.study_report import study_markdown
+    s = tiny_study()
+    ids = list(range(50))
+    control = np.tile([2, 10, 2, 10, 1, 1], (50, 1))
+    better = control.copy()
+    better[:, [0, 2]] -= 1
+    rows = [{"name": "slurp_dense_s1", "corpus": "slurp", "method": "dense", "macs_ratio": 1.0},
+            {"name": "slurp_small-dense_s1", "corpus": "slurp", "method": "small-dense", "macs_ratio": 0.50},
+            {"name": "slurp_HJ-Pruning-MAC_0.5_layers_from-ssl_s1", "corpus": "slurp", "method": "HJ-Pruning-MAC",
+             "macs_ratio": 0.51},
+            {"name": "slurp_HJ-Pruning-MAC_0.7_layers_from-ssl_s1", "corpus": "slurp", "method": "HJ-Pruning-MAC",
+             "macs_ratio": 0.70}]
+    for r, counts in zip(rows[1:], (control, better, better)):
+        study_files.write_counts(s.files(r["name"]).counts, ids, counts)
+    (only,) = s.against_control(rows)
+    assert only["name"] == rows[2]["name"] and only["control"] == "slurp_small-dense_s1"
+    assert only["transcript_wer"] == pytest.approx(-10.0) and only["transcript_wer_ci"] == pytest.approx([-10, -10])
+    assert only["intent_accuracy"] == pytest.approx(0.0)
+    for r in rows:
+        r.update(seed=1, target=None, distill="layers", prune_from="ssl", updates=1, minutes=1.0)
+    text = study_markdown(rows, [only])
+    assert "| HJ-Pruning-MAC, distill layers, from ssl | 1 | +0.0 [+0.0, +0.0] | -10.0 [-10.0, -10.0] |" in text
+    with pytest.raises(ValueError, match="same utterances"):  # a control decoded on other utterances is refused
+        study_files.write_counts(s.files(rows[1]["name"]).counts, list(range(1, 51)), control)
+        s.against_control(rows)
+
+
 def test_plan_rows_and_overrides():
     rows = study_plan.rows()
     names = [r.name for r in rows]
