@@ -25,19 +25,17 @@ from . import bootstrap
 from .common import PRETRAINED_MODEL, REPO, log
 from .corpora import SUBSETS
 from .runner import decode, export, train
-from .study_files import (RowFiles, commit_files, git_head, held_out_problem, latency_table_problem, read_counts,
-                          record_invocation, same_plan_or_set_aside, set_aside_unreadable, stop_reason, training_log,
-                          validation_curve, write_counts)
+from .study_files import (RowFiles, best_dev_by, commit_files, git_head, held_out_problem, latency_table_problem,
+                          read_counts, record_invocation, same_plan_or_set_aside, set_aside_unreadable, stop_reason,
+                          training_log, validation_curve, write_counts)
 from .study_plan import (DENSE_MAX_UPDATES, FINETUNE_MAX_UPDATES, LATENCY_TABLE, LATENCY_TABLE_COMMAND, METHODS,
                          PRUNED_MAX_UPDATES, Row, overrides, protocol_rows, rows)
+from .study_report import cells
 
 RESULTS = os.path.join(REPO, "docs", "results")
 ASSETS = os.path.join(REPO, "assets", "study")
 SMALL_PRETRAINED = os.path.join(os.path.dirname(PRETRAINED_MODEL), "wav2vec2_small.pt")
 COMMAND = "python scripts/study.py --protocol converged"
-#: a pruned row is compared with the small dense control when its MACs ratio is at most the control's plus this
-#: (twice the criterion's default budget tolerance: a 0.5 target lands at 0.49-0.51)
-CONTROL_MACS_SLACK = 0.02
 
 
 class Study:
@@ -198,7 +196,7 @@ class Study:
                     paths += [files.architecture] + ([files.model] if self.is_source(row) else [])
                 else:  # shipped from its pruned row's run folder if that row ended before it was
                     paths.append(self.files(row.source.name).model)
-                commit_files(paths, f"study: {row.name} ({self.cells(result)})")
+                commit_files(paths, f"study: {row.name} ({cells(result)})")
         return result
 
     def export_pruned(self, row: Row, best: str, model: str) -> Tuple[str, Dict]:
@@ -282,13 +280,11 @@ class Study:
         """The best dev WER (in budget) the dense run of ``row``'s corpus and seed (seed 1's if missing) had
         reached by ``updates``: what a row fine-tuned from the self-supervised model for fewer updates than the
         dense run compares with (None without a dense curve)."""
-        for seed in (row.seed, 1):
-            path = self.files(Row(row.corpus, "dense", seed).name).curve
-            if os.path.exists(path):
-                with open(path) as f:
-                    points = [p["wer_in_budget"] for p in json.load(f) if p["update"] <= updates]
-                return min(points) if points else None
-        return None
+        return best_dev_by([self.files(Row(row.corpus, "dense", seed).name).curve for seed in (row.seed, 1)], updates)
+
+    def counts(self, name: str):
+        """A committed row's per-utterance test counts (ids, counts)."""
+        return read_counts(self.files(name).counts)
 
     def reference(self, row: Row):
         """The per-utterance counts of the dense row of the same corpus and seed (seed 1's if that is missing)."""
@@ -297,31 +293,12 @@ class Study:
         for seed in (row.seed, 1):
             name = Row(row.corpus, "dense", seed).name
             if name in self.done:
-                return read_counts(self.files(name).counts)
+                return self.counts(name)
         return None
-
-    def against_control(self, rows: List[Dict]) -> List[Dict]:
-        """Each pruned row at most as costly as its corpus's small dense control (MACs ratio within
-        :data:`CONTROL_MACS_SLACK` of it) against that control, paired on the same test utterances: the question a
-        user asks before pruning ("why not train a small model?"). Negative WER / positive accuracy: pruning wins."""
-        out = []
-        for control in (r for r in rows if r["method"] == "small-dense"):
-            counts = read_counts(self.files(control["name"]).counts)
-            metrics = ["wer"] + (["intent_accuracy", "transcript_wer"] if control["corpus"] == "slurp" else [])
-            for r in rows:
-                if (r["corpus"] != control["corpus"] or r["method"] in ("dense", "small-dense")
-                        or r["macs_ratio"] > control["macs_ratio"] + CONTROL_MACS_SLACK):
-                    continue
-                pruned = read_counts(self.files(r["name"]).counts)
-                item = {"name": r["name"], "control": control["name"]}
-                for m in metrics:
-                    item[m], item[f"{m}_ci"] = bootstrap.paired_interval(pruned, counts, m)
-                out.append(item)
-        return out
 
     # ---------------------------------------------------------------------------------------------- reports
     def write(self) -> None:
-        from .study_report import study_markdown
+        from .study_report import against_control, study_markdown
 
         current = {**self.continued, **self.done}  # a continued row's committed result until it is replaced
         ordered = [current[r.name] for r in all_rows_resolved(self) if r.name in current]
@@ -329,7 +306,7 @@ class Study:
         os.makedirs(self.results, exist_ok=True)
         for path, text in ((self.path, json.dumps({"rows": ordered}, indent=1) + "\n"),
                            (os.path.splitext(self.path)[0] + ".md",
-                            study_markdown(ordered, self.against_control(ordered)))):
+                            study_markdown(ordered, against_control(ordered, self.counts)))):
             with open(path + ".tmp", "w") as f:
                 f.write(text)
             os.replace(path + ".tmp", path)
@@ -341,14 +318,6 @@ class Study:
     def plots(self) -> List[str]:
         return [os.path.join(self.results, "study_accuracy_vs_macs.png"),
                 os.path.join(self.results, "study_dev_curves.png")]
-
-    @staticmethod
-    def cells(r: Dict) -> str:
-        parts = [f"MACs {r['macs_ratio']:.2f}", f"WER {r['wer']:.1f}"]
-        if r.get("intent_accuracy") is not None:
-            parts += [f"intent {r['intent_accuracy']:.1f}", f"transcript WER {r['transcript_wer']:.1f}"]
-        return ", ".join(parts + [f"{r['updates']} updates, {r['minutes']:.0f} min"])
-
 
 def all_rows_resolved(study: "Study") -> List[Row]:
     """The plan's rows with ``auto`` decided where it can be, each once: the headline row of the winning start is
@@ -380,7 +349,7 @@ def pending(study: Study, only: Optional[List[str]]) -> List[Row]:
 def listing(study: Study, only: Optional[List[str]] = None) -> List[str]:
     """``--list``: one line per row, done (with its scores) or pending (what it waits for, or the
     ``checkpoint_last.pt`` an interrupted run resumes from)."""
-    out = [f"done     {name}: {Study.cells(row)}" for name, row in study.done.items()]
+    out = [f"done     {name}: {cells(row)}" for name, row in study.done.items()]
     for row in pending(study, only):
         resolved, waits = study.resolve(row)
         needs = study.needs(resolved)[2] if resolved else waits
@@ -421,7 +390,7 @@ def run_study(study: Study, jobs: int = 2, only: Optional[List[str]] = None,
                     del running[name]
                     try:
                         finished.append(future.result())
-                        log(f"study: {name} done: {Study.cells(finished[-1])}")
+                        log(f"study: {name} done: {cells(finished[-1])}")
                     except (Exception, SystemExit) as e:  # one failed run does not stop the others
                         failed.add(name)
                         log(f"study: {name} failed: {str(e)[:2000]}")

@@ -67,6 +67,17 @@ def read_counts(path: str):
     return [int(i) for i in values[:, 0]], values[:, 1:]
 
 
+def best_dev_by(curves: List[str], updates: int) -> Optional[float]:
+    """The best dev WER (in budget) by ``updates`` in the first of the ``curves`` files that exists (None: no such
+    file, or no point by then)."""
+    for path in curves:
+        if os.path.exists(path):
+            with open(path) as f:
+                points = [p["wer_in_budget"] for p in json.load(f) if p["update"] <= updates]
+            return min(points) if points else None
+    return None
+
+
 def validation_curve(log_path: str, subset: str) -> List[Dict]:
     """Every validation of a run's log: update, lr and the dev metrics."""
     with open(log_path) as f:

@@ -2,10 +2,44 @@
 difference to the dense model) and the plots (test accuracy vs MAC ratio with intervals, dev learning curves)."""
 import json
 import os
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence
 
+from . import bootstrap
 from .report import pyplot
 from .study_plan import LATENCY_TABLE
+
+#: a pruned row is compared with the small dense control when its MACs ratio is at most the control's plus this
+#: (twice the criterion's default budget tolerance: a 0.5 target lands at 0.49-0.51)
+CONTROL_MACS_SLACK = 0.02
+
+
+def cells(r: Dict) -> str:
+    """A row's scores in one line (the driver's log, commit messages, ``--list``)."""
+    parts = [f"MACs {r['macs_ratio']:.2f}", f"WER {r['wer']:.1f}"]
+    if r.get("intent_accuracy") is not None:
+        parts += [f"intent {r['intent_accuracy']:.1f}", f"transcript WER {r['transcript_wer']:.1f}"]
+    return ", ".join(parts + [f"{r['updates']} updates, {r['minutes']:.0f} min"])
+
+
+def against_control(rows: List[Dict], counts: Callable[[str], tuple]) -> List[Dict]:
+    """Each pruned row at most as costly as its corpus's small dense control (MACs ratio within
+    :data:`CONTROL_MACS_SLACK` of it) against that control, paired on the same test utterances (``counts``: a row
+    name's per-utterance counts): the question a user asks before pruning ("why not train a small model?").
+    Negative WER / positive accuracy: pruning wins."""
+    out = []
+    for control in (r for r in rows if r["method"] == "small-dense"):
+        reference = counts(control["name"])
+        metrics = ["wer"] + (["intent_accuracy", "transcript_wer"] if control["corpus"] == "slurp" else [])
+        for r in rows:
+            if (r["corpus"] != control["corpus"] or r["method"] in ("dense", "small-dense")
+                    or r["macs_ratio"] > control["macs_ratio"] + CONTROL_MACS_SLACK):
+                continue
+            pruned = counts(r["name"])
+            item = {"name": r["name"], "control": control["name"]}
+            for m in metrics:
+                item[m], item[f"{m}_ci"] = bootstrap.paired_interval(pruned, reference, m)
+            out.append(item)
+    return out
 
 
 def _ci(r: Dict, key: str, ci_key: str) -> str:
@@ -50,7 +84,7 @@ def _label(r: Dict) -> str:
 def study_markdown(rows: List[Dict], controls: Sequence[Dict] = ()) -> str:
     """One table per corpus; values are test-set numbers with 95% bootstrap intervals, differences are paired
     (same utterances) against the dense row of the same seed; ``controls``: pruned rows against the small dense
-    control (``Study.against_control``)."""
+    control (:func:`against_control`)."""
     out = ["# The study at convergence: results", "",
            "Made by `python scripts/study.py --protocol converged` (each row's own command and commit are in "
            "study.json). Test sets: mini LibriSpeech test-clean 840 utterances, mini SLURP test 846 recordings, "

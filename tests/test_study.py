@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import bootstrap, study, study_files, study_plan
+from experiments import bootstrap, study, study_files, study_plan, study_report
 from experiments.study_plan import Row
 from helpers import REPO, write_noise_corpus
 
@@ -448,7 +448,6 @@ def test_the_report_prints_predicted_and_measured_latency_beside_the_speedup():
 def test_pruned_rows_are_compared_with_the_small_dense_control_on_the_same_utterances(tiny_study):
     """A pruned row at the control's MACs gets paired differences against it (here one error fewer in every
     utterance: exactly -10 WER points); a costlier pruned row and the dense rows are not compared."""
-    from experiments.study_report import study_markdown
     s = tiny_study()
     ids = list(range(50))
     control = np.tile([2, 10, 2, 10, 1, 1], (50, 1))
@@ -462,17 +461,17 @@ def test_pruned_rows_are_compared_with_the_small_dense_control_on_the_same_utter
              "macs_ratio": 0.70}]
     for r, counts in zip(rows[1:], (control, better, better)):
         study_files.write_counts(s.files(r["name"]).counts, ids, counts)
-    (only,) = s.against_control(rows)
+    (only,) = study_report.against_control(rows, s.counts)
     assert only["name"] == rows[2]["name"] and only["control"] == "slurp_small-dense_s1"
     assert only["transcript_wer"] == pytest.approx(-10.0) and only["transcript_wer_ci"] == pytest.approx([-10, -10])
     assert only["intent_accuracy"] == pytest.approx(0.0)
     for r in rows:
         r.update(seed=1, target=None, distill="layers", prune_from="ssl", updates=1, minutes=1.0)
-    text = study_markdown(rows, [only])
+    text = study_report.study_markdown(rows, [only])
     assert "| HJ-Pruning-MAC, distill layers, from ssl | 1 | +0.0 [+0.0, +0.0] | -10.0 [-10.0, -10.0] |" in text
     with pytest.raises(ValueError, match="same utterances"):  # a control decoded on other utterances is refused
         study_files.write_counts(s.files(rows[1]["name"]).counts, list(range(1, 51)), control)
-        s.against_control(rows)
+        study_report.against_control(rows, s.counts)
 
 
 def test_plan_rows_and_overrides():
