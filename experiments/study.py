@@ -29,7 +29,7 @@ from .study_files import (RowFiles, best_dev_by, commit_files, git_head, held_ou
                           read_counts, record_invocation, same_plan_or_set_aside, set_aside_unreadable, stop_reason,
                           training_log, validation_curve, write_counts)
 from .study_plan import (DENSE_MAX_UPDATES, FINETUNE_MAX_UPDATES, LATENCY_TABLE, LATENCY_TABLE_COMMAND, METHODS,
-                         PRUNED_MAX_UPDATES, Row, overrides, protocol_rows, rows)
+                         PRUNED_MAX_UPDATES, Row, overrides, protocol_rows, rows, scored_metrics)
 from .study_report import cells
 
 RESULTS = os.path.join(REPO, "docs", "results")
@@ -263,9 +263,8 @@ class Study:
                **costs, "test_utterances": len(decoded[0]), "updates": curve[-1]["update"] if curve else updates,
                "minutes": minutes, "best_dev": min(p["wer_in_budget"] for p in curve),
                "commit": git_head(), "command": f"{COMMAND} --only {row.name}"}
-        metrics = ["wer"] + (["intent_accuracy", "transcript_wer"] if row.corpus == "slurp" else [])
         reference = self.reference(row)
-        for m in metrics:
+        for m in scored_metrics(row.corpus):
             out[m], ci = bootstrap.interval(decoded[1], m)
             out[m.replace("_accuracy", "") + "_ci"] = ci
             if reference is not None:
@@ -318,6 +317,7 @@ class Study:
     def plots(self) -> List[str]:
         return [os.path.join(self.results, "study_accuracy_vs_macs.png"),
                 os.path.join(self.results, "study_dev_curves.png")]
+
 
 def all_rows_resolved(study: "Study") -> List[Row]:
     """The plan's rows with ``auto`` decided where it can be, each once: the headline row of the winning start is

@@ -67,6 +67,12 @@ LATENCY_TABLE_COMMAND = f"fairseq-prune-profile assets/pretrained/wav2vec2_mini.
 CORPORA = ("slurp", "librispeech")
 
 
+def scored_metrics(corpus: str) -> List[str]:
+    """What a row of ``corpus`` is scored by on its test set (keys of :data:`experiments.bootstrap.METRICS`):
+    WER, and on SLURP also the intent accuracy and the WER of the transcript alone."""
+    return ["wer"] + (["intent_accuracy", "transcript_wer"] if corpus == "slurp" else [])
+
+
 @dataclass(frozen=True)
 class Row:
     """One run of the study. ``target``: the MAC ratio (Size: parameter ratio; SepSize: (CNN, Transformer)

@@ -6,7 +6,7 @@ from typing import Callable, Dict, List, Sequence
 
 from . import bootstrap
 from .report import pyplot
-from .study_plan import LATENCY_TABLE
+from .study_plan import LATENCY_TABLE, scored_metrics
 
 #: a pruned row is compared with the small dense control when its MACs ratio is at most the control's plus this
 #: (twice the criterion's default budget tolerance: a 0.5 target lands at 0.49-0.51)
@@ -29,14 +29,13 @@ def against_control(rows: List[Dict], counts: Callable[[str], tuple]) -> List[Di
     out = []
     for control in (r for r in rows if r["method"] == "small-dense"):
         reference = counts(control["name"])
-        metrics = ["wer"] + (["intent_accuracy", "transcript_wer"] if control["corpus"] == "slurp" else [])
         for r in rows:
             if (r["corpus"] != control["corpus"] or r["method"] in ("dense", "small-dense")
                     or r["macs_ratio"] > control["macs_ratio"] + CONTROL_MACS_SLACK):
                 continue
             pruned = counts(r["name"])
             item = {"name": r["name"], "control": control["name"]}
-            for m in metrics:
+            for m in scored_metrics(control["corpus"]):
                 item[m], item[f"{m}_ci"] = bootstrap.paired_interval(pruned, reference, m)
             out.append(item)
     return out
@@ -49,11 +48,15 @@ def _ci(r: Dict, key: str, ci_key: str) -> str:
     return f"{r[key]:.1f} [{low:.1f}, {high:.1f}]"
 
 
+def _signed(value: float, ci) -> str:
+    """A difference with its interval, signs shown: ``+0.4 [-0.3, +1.2]``."""
+    return f"{value:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]"
+
+
 def _diff(r: Dict, key: str) -> str:
     if r.get(f"{key}_vs_dense") is None:
         return "–"
-    low, high = r[f"{key}_vs_dense_ci"]
-    return f"{r[f'{key}_vs_dense']:+.1f} [{low:+.1f}, {high:+.1f}]"
+    return _signed(r[f"{key}_vs_dense"], r[f"{key}_vs_dense_ci"])
 
 
 def _speedup(r: Dict) -> str:
@@ -122,8 +125,8 @@ def study_markdown(rows: List[Dict], controls: Sequence[Dict] = ()) -> str:
                     "|---|---|" + "---|" * len(metrics)]
             by_name = {r["name"]: r for r in these}
             for c in mine:
-                cells = [f"{c[m]:+.1f} [{c[m + '_ci'][0]:+.1f}, {c[m + '_ci'][1]:+.1f}]" for m in metrics]
-                out.append(f"| {_label(by_name[c['name']])} | {by_name[c['name']]['seed']} | " + " | ".join(cells)
+                diffs = [_signed(c[m], c[f"{m}_ci"]) for m in metrics]
+                out.append(f"| {_label(by_name[c['name']])} | {by_name[c['name']]['seed']} | " + " | ".join(diffs)
                            + " |")
             out.append("")
         for r in these:
